@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Live migration of a VM that owns VFIO devices: the foundation scenarios.
+
+Parameters (``-p key=value``): ``host_config`` (required: the TOML file the lab
+writes, or your KVM host's), ``memory_mb`` / ``dirty_mb`` for the memory agent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from avocado import Test
+
+from qmp_mig import config as configuration
+from qmp_mig import fsm
+from qmp_mig.agents import MemoryAgent, MttyAgent
+from qmp_mig.checks import check_bytes, check_equal, check_memory, check_walk
+from qmp_mig.migration import Migration, MigrationResult
+from qmp_mig.testbed import RunningVm, Testbed
+
+# Bytes for the mtty FIFO: distinct, so a lost or reordered byte is obvious.
+MTTY_PATTERN = bytes([0x51, 0x4D, 0x50, 0x2D, 0x6D, 0x69, 0x67, 0xA5, 0x5A, 0x00, 0xFF, 0x10])
+
+
+class VfioMigration(Test):
+    """:avocado: tags=vfio,migration,foundation"""
+
+    def setUp(self) -> None:
+        path = self.params.get("host_config", default=os.environ.get("QMP_MIG_HOST_CONFIG"))
+        if not path:
+            self.cancel("no host_config parameter (qmp-mig run passes the lab's)")
+        self.bed = Testbed(configuration.load(path), Path(self.logdir) / "artifacts")
+        self.memory_mb = int(self.params.get("memory_mb", default=64))
+        self.dirty_mb = int(self.params.get("dirty_mb", default=8))
+
+    def tearDown(self) -> None:
+        if hasattr(self, "bed"):
+            self.bed.close()
+
+    # --- steps shared by the scenarios ------------------------------------------
+
+    def load_guest(self, vm: RunningVm) -> dict[str, bytes]:
+        """Start the memory agent and put bytes into every mtty FIFO."""
+        started = MemoryAgent(vm.guest).start(self.memory_mb, self.dirty_mb)
+        self.log.info("memory agent: %s", started)
+        fifo = {}
+        for port in MttyAgent(vm.guest).ports():
+            MttyAgent(vm.guest).write(port, MTTY_PATTERN)
+            fifo[f"{port.bdf}/{port.index}"] = MTTY_PATTERN
+        self.log.info("mtty FIFOs loaded: %s", sorted(fifo))
+        return fifo
+
+    def verify_guest(self, vm: RunningVm, fifo: dict[str, bytes], where: str) -> None:
+        report = MemoryAgent(vm.guest).verify()
+        self.log.info("memory verify: %d pages, %d rewrites during the run, %d bad",
+                      report["pages"], report["rewrites"], report["bad_pages"])
+        check_memory(where, report)
+        agent = MttyAgent(vm.guest)
+        for port in agent.ports():
+            key = f"{port.bdf}/{port.index}"
+            check_bytes(f"{where}: mtty {key}", fifo[key], agent.read(port))
+
+    def migrate(self, source: RunningVm) -> tuple[RunningVm, MigrationResult]:
+        destination, _ = self.bed.launch("destination", incoming=True)
+        migration = Migration(source.qemu, destination, uri=self.bed.migration_uri())
+        migration.start()
+        result = migration.wait()
+        self.log.info("migration %s", result.summary())
+        self.whiteboard = result.summary()
+        check_equal("migration", "status", "completed", f"{result.status} {result.error}".strip())
+        guest = self.bed.guest(destination)
+        return RunningVm(destination, guest, source.flags), result
+
+    # --- scenarios --------------------------------------------------------------
+
+    def test_migrate(self) -> None:
+        """A VM with an mtty device migrates; walks, guest RAM and FIFO bytes check out."""
+        source = self.bed.boot("source")
+        fifo = self.load_guest(source)
+        destination, _ = self.migrate(source)
+
+        for device_id, flags in source.flags.items():
+            check_walk(f"source {device_id}", fsm.vm_start_events(flags) + fsm.source_events(flags),
+                       source.qemu.vfio_walk(device_id))
+            check_walk(f"destination {device_id}", fsm.destination_events(flags),
+                       destination.qemu.vfio_walk(device_id))
+        check_equal("source", "run state", "postmigrate", source.qemu.status())
+        check_equal("destination", "run state", "running", destination.qemu.status())
+        self.verify_guest(destination, fifo, "destination")
+
+    def test_cancel_then_migrate(self) -> None:
+        """A migration cancelled in flight leaves the source running and intact;
+        the next migration succeeds."""
+        source = self.bed.boot("source")
+        fifo = self.load_guest(source)
+        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+
+        doomed, _ = self.bed.launch("cancelled-destination", incoming=True)
+        migration = Migration(source.qemu, doomed, uri=self.bed.migration_uri())
+        migration.start()
+        migration.wait_for_status("active", timeout=120)
+        migration.cancel()
+        result = migration.wait(timeout=120)
+        check_equal("cancelled migration", "status", "cancelled", result.status)
+        migration.wait_destination_failed()
+        for device_id, flags in source.flags.items():
+            walk = source.qemu.vfio_walk(device_id)[len(boot_walk[device_id]):]
+            check_walk(f"source {device_id} (cancel)", fsm.source_events(flags, "cancelled"), walk)
+            check_walk(f"cancelled destination {device_id}", fsm.destination_events(flags, "cancelled"),
+                       doomed.vfio_walk(device_id))
+        check_equal("source after cancel", "run state", "running", source.qemu.status())
+        doomed.shutdown()
+
+        # The guest is whole on the source; then a real migration succeeds.
+        report = MemoryAgent(source.guest).status()
+        self.log.info("memory agent still running after cancel: %s", report)
+        destination, _ = self.migrate(source)
+        check_equal("destination", "run state", "running", destination.qemu.status())
+        self.verify_guest(destination, fifo, "destination after cancel + migrate")

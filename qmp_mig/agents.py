@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Typed handles on the guest agents (guest_agents/*.c) over a guest's SSH."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .guest import Guest, GuestError
+
+MEMCHECK = "/usr/local/bin/qmp-mig-memcheck"
+MTTYIO = "/usr/local/bin/qmp-mig-mttyio"
+
+
+@dataclass
+class MemoryAgent:
+    """Fills guest RAM with a known pattern and keeps dirtying part of it."""
+
+    guest: Guest
+
+    def start(self, size_mb: int, dirty_mb: int) -> dict[str, Any]:
+        return self.guest.agent([MEMCHECK, "start", "--size-mb", str(size_mb), "--dirty-mb", str(dirty_mb)])
+
+    def status(self) -> dict[str, Any]:
+        return self.guest.agent([MEMCHECK, "status"])
+
+    def gpa(self, page: int) -> int:
+        """Guest-physical address of one of the agent's pages."""
+        return int(self.guest.agent([MEMCHECK, "gpa", "--page", str(page)])["gpa"], 16)
+
+    def verify(self) -> dict[str, Any]:
+        """Stop writing and check every page; the report lists each bad page."""
+        return self.guest.agent([MEMCHECK, "verify"], timeout=180)
+
+
+@dataclass(frozen=True)
+class MttyPort:
+    bdf: str
+    index: int
+
+
+@dataclass
+class MttyAgent:
+    """Writes bytes into an mtty UART's FIFO below the tty layer and reads them back."""
+
+    guest: Guest
+
+    def ports(self) -> list[MttyPort]:
+        devices = self.guest.agent([MTTYIO, "list"])["devices"]
+        return [MttyPort(d["bdf"], p["index"]) for d in devices for p in d["ports"]]
+
+    def write(self, port: MttyPort, data: bytes) -> int:
+        answer = self.guest.agent(
+            [MTTYIO, "write", "--bdf", port.bdf, "--port", str(port.index), "--clear", "--hex", data.hex()]
+        )
+        written = int(answer["written"])
+        if written != len(data):
+            raise GuestError(f"{self.guest.name}: mtty {port} took {written} of {len(data)} bytes")
+        return written
+
+    def read(self, port: MttyPort, limit: int = 64) -> bytes:
+        answer = self.guest.agent(
+            [MTTYIO, "read", "--bdf", port.bdf, "--port", str(port.index), "--max", str(limit)]
+        )
+        return bytes.fromhex(answer["hex"])

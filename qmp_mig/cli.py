@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The ``qmp-mig`` command: images, the lab, and running the suite."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from . import images, lab
+from .runner import SUITES, RunError, run_suite, summary_table
+
+console = Console(highlight=False)
+
+
+def say(message: str) -> None:
+    console.print(f"[cyan]qmp-mig[/] {message}")
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    names = list(images.RECIPES) if args.name == "all" else [args.name]
+    for name in names:
+        if args.action == "build":
+            images.ensure(name, say)
+        state = "built" if images.is_built(name) else "missing"
+        say(f"{name}: {images.image_dir(name)} ({state})")
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    if args.action == "up":
+        lab.up(say)
+    elif args.action == "down":
+        lab.down(say)
+    elif args.action == "status":
+        state = lab.status()
+        if state is None:
+            say("lab is down")
+            return 1
+        say(f"lab up: pid {state.pid}, ssh 127.0.0.1:{state.ssh_port}, up "
+            f"{time.time() - state.started:.0f} s (booted in {state.boot_seconds} s)")
+        say(f"host configuration: {state.config}")
+    elif args.action == "ssh":
+        state = lab.status()
+        if state is None:
+            say("lab is down: run `qmp-mig lab up` first")
+            return 1
+        argv = lab.ssh_command(state, args.command)
+        os.execvp(argv[0], argv)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The suite end to end: images, lab, tests, summary, lab back down."""
+    started = time.monotonic()
+    booted_here = False
+    try:
+        if args.config:
+            config = Path(args.config).resolve()
+        else:
+            booted_here = lab.status() is None
+            config = Path(lab.up(say).config)
+        status, job = run_suite(args.suite, config, Path(args.results).resolve(), console)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        if booted_here:
+            lab.down(say)
+    console.print(summary_table(job))
+    say(f"total wall time {time.monotonic() - started:.0f} s")
+    print(f"results: {job}")
+    return status
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="qmp-mig", description="Live migration tests for VMs with VFIO devices."
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("images", help="build or show the cached lab and guest images")
+    p.add_argument("action", choices=["build", "status"])
+    p.add_argument("name", nargs="?", default="all", choices=["all", *images.RECIPES])
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("lab", help="the nested lab host VM")
+    p.add_argument("action", choices=["up", "down", "status", "ssh"])
+    p.add_argument("command", nargs=argparse.REMAINDER, help="for ssh: a command to run")
+    p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("run", help="run a suite (in the lab unless --config names a host)")
+    p.add_argument("--suite", default="default", choices=sorted(SUITES))
+    p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
+    p.add_argument("--results", default="results",
+                   help="directory for Avocado job results")
+    p.set_defaults(func=cmd_run)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (images.ImageError, lab.LabError, RunError) as exc:
+        say(f"[red]error:[/] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""VFIO devices a VM can own, behind one small interface.
+
+A device is something on a host with a sysfs path that ``vfio-pci`` accepts,
+a set of migration flags the kernel reports, and a way to give it back.
+Mediated devices are created and removed by us; passthrough PCI functions are
+named by the configuration, checked, and never rebound or touched otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fsm import Flag, State
+from .hosts import Host, HostError
+
+_PROBE = (Path(__file__).parent / "vfio_probe.py").read_text()
+
+# vfio-pci properties every migration test needs: report each state change.
+BASE_VFIO_OPTIONS = {"migration-events": "on"}
+
+
+class DeviceError(RuntimeError):
+    """A device could not be created, probed or released."""
+
+
+@dataclass(frozen=True)
+class KernelView:
+    """What the kernel says about a device (VFIO_DEVICE_FEATURE)."""
+
+    flags: Flag
+    state: State
+
+
+class VfioDevice(ABC):
+    """A VFIO device on ``host`` usable by one VM at a time."""
+
+    host: Host
+    name: str
+    options: dict[str, str]
+
+    @property
+    @abstractmethod
+    def sysfs_path(self) -> str:
+        """The path given to ``-device vfio-pci,sysfsdev=``."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the device back (remove what we created). Idempotent."""
+
+    def probe(self) -> KernelView:
+        """Ask the kernel directly; the device must not be open in a VM."""
+        result = self.host.run(
+            ["python3", "-", self.sysfs_path], stdin=_PROBE.encode(), check=False, timeout=60
+        )
+        try:
+            answer = json.loads(result.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise DeviceError(
+                f"{self.name}: migration probe printed no answer: {result.stderr.strip()}"
+            ) from None
+        if "error" in answer:
+            raise DeviceError(f"{self.name}: migration probe failed: {answer['error']}")
+        return KernelView(Flag(answer["flags"]), State(answer["state"]))
+
+    def qemu_args(self, device_id: str) -> list[str]:
+        props = {"id": device_id, "sysfsdev": self.sysfs_path, **BASE_VFIO_OPTIONS, **self.options}
+        return ["-device", "vfio-pci," + ",".join(f"{k}={v}" for k, v in props.items())]
+
+    def __enter__(self) -> VfioDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class MdevDevice(VfioDevice):
+    """A mediated device instance of ``mdev_type`` under ``parent``, made by us."""
+
+    host: Host
+    parent: str
+    mdev_type: str
+    options: dict[str, str] = field(default_factory=dict)
+    uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    _created: bool = field(default=False, init=False)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"mdev {self.mdev_type} {self.uuid}"
+
+    @property
+    def sysfs_path(self) -> str:
+        return f"/sys/bus/mdev/devices/{self.uuid}"
+
+    def create(self) -> MdevDevice:
+        create = f"/sys/class/mdev_bus/{self.parent}/mdev_supported_types/{self.mdev_type}/create"
+        if not self.host.exists(create):
+            available = self.host.run(
+                ["sh", "-c", f"ls /sys/class/mdev_bus/{self.parent}/mdev_supported_types 2>&1"],
+                check=False,
+            ).stdout.split()
+            raise DeviceError(
+                f"{self.host.name}: no mdev type {self.mdev_type!r} under parent "
+                f"{self.parent!r} (available: {', '.join(available) or 'none'})"
+            )
+        try:
+            self.host.write_file(create, self.uuid)
+        except HostError as exc:
+            raise DeviceError(f"cannot create {self.name}: {exc}") from None
+        self._created = True
+        return self
+
+    def release(self) -> None:
+        if self._created:
+            self.host.write_file(f"{self.sysfs_path}/remove", "1")
+            self._created = False
+
+
+@dataclass
+class PciDevice(VfioDevice):
+    """A passthrough PCI function the configuration names, already bound to a
+    VFIO driver (vfio-pci or a variant driver). We never bind or unbind it."""
+
+    host: Host
+    bdf: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"pci {self.bdf}"
+
+    @property
+    def sysfs_path(self) -> str:
+        return f"/sys/bus/pci/devices/{self.bdf}"
+
+    def check_bound(self) -> PciDevice:
+        driver = self.host.run(["readlink", "-f", f"{self.sysfs_path}/driver"], check=False).stdout
+        if "vfio" not in driver.rsplit("/", 1)[-1]:
+            raise DeviceError(
+                f"{self.name} is bound to {driver.strip() or 'no driver'}, not a VFIO driver; "
+                "bind it to vfio-pci or its variant driver first"
+            )
+        return self
+
+    def release(self) -> None:
+        """Nothing to give back: the device belongs to the host's configuration."""

@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The nested lab: a small Linux KVM host VM with kernel VFIO, mdev and mtty.
+
+``up`` boots it from the cached lab image (TCG here, KVM where the host can),
+waits until it answers SSH, and writes the host configuration file that the
+tests read, so to them the lab is just another host over SSH. ``down`` kills
+it; everything that ran inside (QEMUs, mdevs) dies with it. The root disk is
+opened with snapshot=on, so the cached image is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import images
+from .hosts import SshHost
+
+READY_MARKER = "qmp-mig-lab: ready"
+LAB_NAME = "qmp-mig-lab"
+
+
+class LabError(RuntimeError):
+    """The lab could not be booted, reached or stopped."""
+
+
+@dataclass
+class LabState:
+    pid: int
+    ssh_port: int
+    key: str
+    lab_image: str
+    guest_image: str
+    console: str
+    config: str
+    started: float
+    boot_seconds: float
+
+
+def state_dir() -> Path:
+    return images.cache_dir() / "lab"
+
+
+def _state_file() -> Path:
+    return state_dir() / "state.json"
+
+
+def _free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accel() -> str:
+    """KVM only where it runs an ordinary guest; LAB_ACCEL overrides (e.g. 'tcg')."""
+    return os.environ.get("QMP_MIG_LAB_ACCEL", "tcg")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return LAB_NAME.encode() in cmdline  # never mistake a recycled pid for the lab
+
+
+def status() -> LabState | None:
+    """The running lab, or None (a stale state file is removed)."""
+    try:
+        state = LabState(**json.loads(_state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if _alive(state.pid):
+        return state
+    shutil.rmtree(state_dir(), ignore_errors=True)
+    return None
+
+
+def command_line(lab: Path, guest: Path, port: int, console: Path, memory: str = "3G") -> list[str]:
+    return [
+        "qemu-system-x86_64", "-name", LAB_NAME, "-machine", f"q35,accel={_accel()}",
+        "-cpu", "max", "-smp", "2", "-m", memory, "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-kernel", str(lab / "vmlinuz"), "-initrd", str(lab / "initrd.img"),
+        "-append", "root=/dev/vda rw console=ttyS0 quiet",
+        "-drive", f"file={lab / 'rootfs.img'},if=virtio,format=raw,snapshot=on",
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
+        "-virtfs", f"local,path={guest},mount_tag=guest,security_model=none,readonly=on",
+        "-serial", f"file:{console}",
+    ]
+
+
+def up(say: Callable[[str], None] = print, timeout: float = 300) -> LabState:
+    """Boot the lab unless it is already up; return its state."""
+    running = status()
+    if running:
+        say(f"lab already up (pid {running.pid}, ssh port {running.ssh_port})")
+        return running
+    lab_image, guest_image = images.ensure("lab", say), images.ensure("guest", say)
+    directory = state_dir()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    console, port = directory / "console.log", _free_local_port()
+    argv = command_line(lab_image, guest_image, port, console)
+    say(f"booting lab ({_accel()}), ssh on 127.0.0.1:{port}")
+    started = time.monotonic()
+    with (directory / "qemu.stderr.log").open("wb") as stderr:
+        # Its own session: the lab outlives `qmp-mig lab up` until `lab down`.
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True
+        )
+    try:
+        _wait_ready(process, console, directory / "qemu.stderr.log", timeout)
+        key = str(lab_image / "id_ed25519")
+        SshHost("127.0.0.1", port, key, name="lab").close()  # it really lets us in
+    except BaseException:
+        _kill(process.pid)
+        raise
+    state = LabState(
+        pid=process.pid, ssh_port=port, key=key, lab_image=str(lab_image),
+        guest_image=str(guest_image), console=str(console), config=str(directory / "host.toml"),
+        started=time.time(), boot_seconds=round(time.monotonic() - started, 1),
+    )
+    _write_config(state)
+    _state_file().write_text(json.dumps(asdict(state), indent=1))
+    say(f"lab up in {state.boot_seconds:.1f} s (pid {state.pid})")
+    return state
+
+
+def _wait_ready(process: subprocess.Popen[bytes], console: Path, stderr: Path, timeout: float) -> None:
+    """Follow the console until the lab's init prints its ready marker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LabError(
+                f"lab QEMU exited with {process.returncode} while booting: "
+                f"{stderr.read_text(errors='replace').strip()[-2000:]}"
+            )
+        if console.exists() and READY_MARKER in console.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    tail = console.read_text(errors="replace")[-2000:] if console.exists() else ""
+    raise LabError(f"lab not ready after {timeout:.0f} s; console ends with:\n{tail}")
+
+
+def _write_config(state: LabState) -> None:
+    """The host configuration through which the tests see the lab."""
+    guest_key = Path(state.guest_image) / "id_ed25519"
+    Path(state.config).write_text(
+        f"""# Written by `qmp-mig lab up`: the lab as a host over SSH.
+[host]
+kind = "ssh"
+address = "127.0.0.1"
+port = {state.ssh_port}
+key = "{state.key}"
+workdir = "/var/tmp/qmp-mig"
+
+[vm]
+accel = "tcg"
+memory_mb = 256
+
+[guest]
+kernel = "/mnt/guest/vmlinuz"
+initrd = "/mnt/guest/initrd.img"
+key = "{guest_key}"
+append = "console=ttyS0 quiet"
+
+# The kernel's mtty sample. Without IOMMUFD the kernel has no device dirty
+# tracking, so QEMU must use the type1 container's, and be told migration is wanted.
+[[device]]
+kind = "mdev"
+parent = "mtty"
+type = "mtty-2"
+expect_flags = "STOP_COPY|P2P|PRE_COPY"
+options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
+"""
+    )
+
+
+def _kill(pid: int, timeout: float = 20) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def down(say: Callable[[str], None] = print) -> bool:
+    """Stop the lab; True if one was running."""
+    state = status()
+    if state is None:
+        say("lab is not running")
+        return False
+    _kill(state.pid)
+    shutil.rmtree(state_dir(), ignore_errors=True)
+    say(f"lab down (pid {state.pid})")
+    return True
+
+
+def ssh_command(state: LabState, command: list[str]) -> list[str]:
+    return [
+        "ssh", "-i", state.key, "-p", str(state.ssh_port), "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", *command,
+    ]

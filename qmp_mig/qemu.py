@@ -1,0 +1,197 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""One QEMU process on a host: one VM, its monitor, its artifacts.
+
+In the spirit of QEMU's own QEMUMachine: a context manager, so the process is
+gone after ``with``; launched paused (``-S``) with QMP on its stdio so that not
+one event is missed; console and stderr written to files on the host and
+copied into the test's artifacts on shutdown, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .devices import VfioDevice
+from .fsm import State
+from .hosts import Host, HostProcess, fetch
+from .qmp import Event, QmpSession
+
+
+class QemuError(RuntimeError):
+    """QEMU failed to start or misbehaved; carries the command line and stderr."""
+
+
+@dataclass
+class VmSpec:
+    """What a VM looks like. Source and destination must use the same spec."""
+
+    kernel: str
+    initrd: str
+    append: str = "console=ttyS0"
+    memory_mb: int = 256
+    smp: int = 1
+    accel: str = "tcg"
+    machine: str = "q35"
+    cpu: str = "max"
+    binary: str = "qemu-system-x86_64"
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeviceAttachment:
+    device_id: str
+    device: VfioDevice
+
+
+class QemuInstance:
+    """A QEMU process. Use as a context manager; launch() starts it paused."""
+
+    def __init__(
+        self,
+        host: Host,
+        spec: VmSpec,
+        name: str,
+        *,
+        devices: list[VfioDevice],
+        workdir: str,
+        artifacts: Path,
+        incoming: bool = False,
+    ) -> None:
+        self.host = host
+        self.spec = spec
+        self.name = name
+        self.devices = [DeviceAttachment(f"vfio{i}", d) for i, d in enumerate(devices)]
+        self.incoming = incoming
+        self.workdir = workdir
+        self.artifacts = artifacts
+        self.console_path = f"{workdir}/{name}.console.log"
+        self.stderr_path = f"{workdir}/{name}.stderr.log"
+        self.ssh_port = 0
+        self.qmp: QmpSession | None = None
+        self._process: HostProcess | None = None
+        self.exit_status: int | None = None
+
+    # --- life cycle ---------------------------------------------------------
+
+    def command_line(self) -> list[str]:
+        s = self.spec
+        argv = [
+            s.binary, "-name", self.name, "-S", "-nodefaults", "-no-user-config",
+            "-display", "none", "-machine", f"{s.machine},accel={s.accel}", "-cpu", s.cpu,
+            "-m", str(s.memory_mb), "-smp", str(s.smp),
+            "-kernel", s.kernel, "-initrd", s.initrd, "-append", s.append,
+            "-serial", f"file:{self.console_path}",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+            "-device", "virtio-net-pci,netdev=net0,romfile=",
+            "-qmp", "stdio",
+        ]
+        for attachment in self.devices:
+            argv += attachment.device.qemu_args(attachment.device_id)
+        if self.incoming:
+            argv += ["-incoming", "defer"]
+        return argv + s.extra_args
+
+    def launch(self) -> QemuInstance:
+        """Start paused with the monitor connected; the guest has not run yet."""
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.ssh_port = self.host.free_tcp_port()
+        argv = self.command_line()
+        (self.artifacts / f"{self.name}.cmdline").write_text(shlex.join(argv) + "\n")
+        self._process = self.host.spawn(argv, stderr_path=self.stderr_path)
+        try:
+            self.qmp = QmpSession.connect(
+                self.name, self._process.stream, self.artifacts / f"{self.name}.qmp.jsonl"
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure: kill, then report it
+            self.kill()
+            self._collect_artifacts()
+            stderr = (self.artifacts / f"{self.name}.stderr.log")
+            text = stderr.read_text(errors="replace").strip() if stderr.exists() else ""
+            raise QemuError(
+                f"{self.name}: QEMU did not start ({exc}); exit status {self.exit_status}; "
+                f"stderr: {text or '(empty)'}; command: {shlex.join(argv)}"
+            ) from None
+        return self
+
+    def start(self, timeout: float = 60) -> None:
+        """Let the guest run (``cont``) and wait for QEMU to confirm it."""
+        qmp = self.monitor
+        since = len(qmp.events)
+        qmp.execute("cont")
+        qmp.wait_event("RESUME", timeout=timeout, since=since)
+
+    def shutdown(self, timeout: float = 30) -> None:
+        """Quit politely, kill if that fails; always collect the artifacts."""
+        try:
+            if self.qmp and self.running:
+                # Any failure here is covered by the kill below.
+                with contextlib.suppress(Exception):
+                    self.qmp.execute("quit", timeout=timeout)
+            if self._process:
+                try:
+                    self.exit_status = self._process.wait(timeout)
+                except TimeoutError:
+                    self.kill()
+        finally:
+            self.kill()
+            if self.qmp:
+                self.qmp.close()
+            self._collect_artifacts()
+
+    def kill(self) -> None:
+        if self._process:
+            self._process.kill()
+            self.exit_status = self._process.poll()
+
+    def __enter__(self) -> QemuInstance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def pid(self) -> int:
+        """QEMU's process id on its host."""
+        if self._process is None:
+            raise QemuError(f"{self.name}: not launched")
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def monitor(self) -> QmpSession:
+        if self.qmp is None:
+            raise QemuError(f"{self.name}: not launched")
+        return self.qmp
+
+    # --- observations -------------------------------------------------------
+
+    def status(self) -> str:
+        return str(self.monitor.execute("query-status")["status"])
+
+    def vfio_walk(self, device_id: str, since: float = 0.0) -> list[State]:
+        """The states QEMU requested for one device, from its VFIO_MIGRATION events."""
+        return [
+            State.from_qapi(e.data["device-state"])
+            for e in self.monitor.events
+            if e.name == "VFIO_MIGRATION" and e.data.get("device-id") == device_id and e.time >= since
+        ]
+
+    def events_named(self, name: str) -> list[Event]:
+        return [e for e in self.monitor.events if e.name == name]
+
+    def _collect_artifacts(self) -> None:
+        for remote in (self.console_path, self.stderr_path):
+            fetch(self.host, remote, self.artifacts / Path(remote).name)
+        if self.qmp:
+            timeline = [
+                {"time": e.time, "vm": self.name, "event": e.name, "data": e.data}
+                for e in self.qmp.events
+            ]
+            (self.artifacts / f"{self.name}.events.json").write_text(json.dumps(timeline, indent=1))

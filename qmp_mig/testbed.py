@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Everything one scenario owns on a host, and the guarantee to give it back.
+
+A :class:`Testbed` connects to the configured host, makes a private work
+directory there, creates devices and VMs on request, and on close (or
+Ctrl-C, or SIGTERM from the runner) shuts every VM down, releases every
+device and removes its directory, in reverse order of creation.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from .checks import CheckFailed
+from .config import Config, DeviceConfig
+from .devices import MdevDevice, PciDevice, VfioDevice
+from .fsm import Flag
+from .guest import Guest
+from .hosts import Host, LocalHost, SshHost
+from .qemu import QemuInstance, VmSpec
+
+
+def connect(config: Config) -> Host:
+    h = config.host
+    if h.kind == "local":
+        return LocalHost()
+    return SshHost(h.address, h.port, h.key, user=h.user, name=f"{h.user}@{h.address}:{h.port}")
+
+
+@dataclass
+class RunningVm:
+    """A started VM with its guest logged in."""
+
+    qemu: QemuInstance
+    guest: Guest
+    flags: dict[str, Flag]  # device id -> the kernel's migration flags
+
+
+class Testbed:
+    def __init__(self, config: Config, artifacts: Path) -> None:
+        self.config = config
+        self.artifacts = artifacts
+        self._stack = ExitStack()
+        self._uris = 0
+        if threading.current_thread() is threading.main_thread():
+            # The runner stops a test with SIGTERM: unwind like Ctrl-C.
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        self.host = connect(config)
+        self._stack.callback(self.host.close)
+        self.host.run(["mkdir", "-p", config.host.workdir])
+        self.workdir = self.host.run(
+            ["mktemp", "-d", "-p", config.host.workdir, "testbed.XXXXXX"]
+        ).stdout.strip()
+        self._stack.callback(self.host.remove_tree, self.workdir)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- devices --------------------------------------------------------------
+
+    def _make_device(self, spec: DeviceConfig) -> VfioDevice:
+        if spec.kind == "mdev":
+            device: VfioDevice = MdevDevice(self.host, spec.parent, spec.type, dict(spec.options))
+            self._stack.callback(device.release)
+            device.create()  # type: ignore[attr-defined]
+        else:
+            device = PciDevice(self.host, spec.bdf, dict(spec.options)).check_bound()
+        return device
+
+    def devices(self) -> tuple[list[VfioDevice], list[Flag]]:
+        """One fresh device per configured entry, with the kernel's flags for each."""
+        devices, flags = [], []
+        for spec in self.config.devices:
+            device = self._make_device(spec)
+            view = device.probe()
+            if spec.expect_flags is not None and view.flags != spec.expect_flags:
+                raise CheckFailed(
+                    f"{device.name}: kernel reports migration flags {view.flags.describe()}, "
+                    f"configuration expects {spec.expect_flags.describe()}"
+                )
+            devices.append(device)
+            flags.append(view.flags)
+        return devices, flags
+
+    # --- VMs --------------------------------------------------------------------
+
+    def spec(self) -> VmSpec:
+        c = self.config
+        return VmSpec(
+            kernel=c.guest.kernel, initrd=c.guest.initrd, append=c.guest.append,
+            memory_mb=c.vm.memory_mb, accel=c.vm.accel, machine=c.vm.machine, cpu=c.vm.cpu,
+            binary=c.vm.binary,
+        )
+
+    def launch(self, name: str, *, incoming: bool = False) -> tuple[QemuInstance, list[Flag]]:
+        """A paused QEMU with fresh devices, monitor connected."""
+        devices, flags = self.devices()
+        qemu = QemuInstance(
+            self.host, self.spec(), name, devices=devices, workdir=self.workdir,
+            artifacts=self.artifacts, incoming=incoming,
+        )
+        self._stack.callback(qemu.shutdown)
+        return qemu.launch(), flags
+
+    def boot(self, name: str = "source") -> RunningVm:
+        """Launch, let the guest run, and log into it."""
+        qemu, flags = self.launch(name)
+        qemu.start()
+        guest = self.guest(qemu)
+        return RunningVm(qemu, guest, {a.device_id: f for a, f in zip(qemu.devices, flags)})
+
+    def guest(self, qemu: QemuInstance) -> Guest:
+        guest = Guest(self.host, qemu.ssh_port, self.config.guest.key, name=f"guest in {qemu.name}")
+        self._stack.callback(guest.close)
+        return guest.connect(timeout=self.config.guest.boot_timeout)
+
+    def migration_uri(self) -> str:
+        """Source and destination share the host: a unix socket needs no port."""
+        self._uris += 1
+        return f"unix:{self.workdir}/migration-{self._uris}.sock"
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
