@@ -14,13 +14,10 @@ from avocado import Test
 
 from qmp_mig import config as configuration
 from qmp_mig import fsm
-from qmp_mig.agents import MemoryAgent, MttyAgent
+from qmp_mig.agents import MTTY_PATTERN, MemoryAgent, MttyAgent
 from qmp_mig.checks import check_bytes, check_equal, check_memory, check_walk
 from qmp_mig.migration import Migration, MigrationResult
 from qmp_mig.testbed import RunningVm, Testbed
-
-# Bytes for the mtty FIFO: distinct, so a lost or reordered byte is obvious.
-MTTY_PATTERN = bytes([0x51, 0x4D, 0x50, 0x2D, 0x6D, 0x69, 0x67, 0xA5, 0x5A, 0x00, 0xFF, 0x10])
 
 
 class VfioMigration(Test):

@@ -11,6 +11,9 @@ from .guest import Guest, GuestError
 MEMCHECK = "/usr/local/bin/qmp-mig-memcheck"
 MTTYIO = "/usr/local/bin/qmp-mig-mttyio"
 
+# Bytes for an mtty FIFO (it keeps 15): distinct, so a lost or reordered byte shows.
+MTTY_PATTERN = bytes([0x51, 0x4D, 0x50, 0x2D, 0x6D, 0x69, 0x67, 0xA5, 0x5A, 0x00, 0xFF, 0x10])
+
 
 @dataclass
 class MemoryAgent:
