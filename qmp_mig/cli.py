@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -12,7 +13,10 @@ from pathlib import Path
 from rich.console import Console
 
 from . import images, lab
+from .config import ConfigError
+from .config import load as load_config
 from .runner import SUITES, RunError, run_suite, summary_table
+from .testbed import sweep
 
 console = Console(highlight=False)
 
@@ -58,23 +62,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The suite end to end: images, lab, tests, summary, lab back down."""
     started = time.monotonic()
     booted_here = False
+    config: Path | None = None
+    run_id = f"{os.getpid()}-{int(time.time())}"
     try:
         if args.config:
             config = Path(args.config).resolve()
+            load_config(config)  # a bad file fails here, before anything starts
         else:
             booted_here = lab.status() is None
             config = Path(lab.up(say).config)
-        status, job = run_suite(args.suite, config, Path(args.results).resolve(), console)
+        status, job = run_suite(args.suite, config, Path(args.results).resolve(), console, run_id)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
     finally:
+        if config is not None:
+            _sweep(config, run_id)
         if booted_here:
             lab.down(say)
     console.print(summary_table(job))
     say(f"total wall time {time.monotonic() - started:.0f} s")
     print(f"results: {job}")
     return status
+
+
+def _sweep(config: Path, run_id: str) -> None:
+    """Whatever a test killed too hard to clean up after itself left behind."""
+    with contextlib.suppress(KeyboardInterrupt):
+        for item in sweep(load_config(config), run_id):
+            say(f"[yellow]cleaned up after an interrupted test:[/] {item}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (images.ImageError, lab.LabError, RunError) as exc:
+    except (images.ImageError, lab.LabError, RunError, ConfigError) as exc:
         say(f"[red]error:[/] {exc}")
         return 2
 

@@ -9,6 +9,7 @@ Avocado's own progress lines, and print a summary table from results.json.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,15 +41,18 @@ def avocado_command(suite: str, config: Path, results: Path) -> list[str]:
     ]
 
 
-def run_suite(suite: str, config: Path, results: Path, console: Console) -> tuple[int, Path]:
+def run_suite(
+    suite: str, config: Path, results: Path, console: Console, run_id: str
+) -> tuple[int, Path]:
     """Run the suite; returns Avocado's exit status and its job directory."""
     results.mkdir(parents=True, exist_ok=True)
     before = set(results.glob("job-*"))
     command = avocado_command(suite, config, results)
     console.print(f"[bold]running suite {suite!r}[/] against {config}")
     started = time.monotonic()
+    environment = {**os.environ, "QMP_MIG_RUN_ID": run_id}
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as avocado:
+                          text=True, bufsize=1, env=environment) as avocado:
         assert avocado.stdout is not None
         for line in avocado.stdout:
             console.print(f"  [dim]avocado[/] {line.rstrip()}", highlight=False)

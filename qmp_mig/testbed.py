@@ -9,6 +9,7 @@ device and removes its directory, in reverse order of creation.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import ExitStack
@@ -54,9 +55,10 @@ class Testbed:
         self._stack.callback(self.host.close)
         self.host.run(["mkdir", "-p", config.host.workdir])
         self.workdir = self.host.run(
-            ["mktemp", "-d", "-p", config.host.workdir, "testbed.XXXXXX"]
+            ["mktemp", "-d", "-p", config.host.workdir, f"testbed.{run_id()}.XXXXXX"]
         ).stdout.strip()
         self._stack.callback(self.host.remove_tree, self.workdir)
+        self._lease: list[str] = []
 
     def close(self) -> None:
         self._stack.close()
@@ -71,9 +73,10 @@ class Testbed:
 
     def _make_device(self, spec: DeviceConfig) -> VfioDevice:
         if spec.kind == "mdev":
-            device: VfioDevice = MdevDevice(self.host, spec.parent, spec.type, dict(spec.options))
-            self._stack.callback(device.release)
-            device.create()  # type: ignore[attr-defined]
+            mdev = MdevDevice(self.host, spec.parent, spec.type, dict(spec.options))
+            self._record(f"mdev {mdev.sysfs_path}")
+            self._stack.callback(mdev.release)
+            device: VfioDevice = mdev.create()
         else:
             device = PciDevice(self.host, spec.bdf, dict(spec.options)).check_bound()
         return device
@@ -111,7 +114,9 @@ class Testbed:
             artifacts=self.artifacts, incoming=incoming,
         )
         self._stack.callback(qemu.shutdown)
-        return qemu.launch(), flags
+        qemu.launch()
+        self._record(f"pid {qemu.pid}")
+        return qemu, flags
 
     def boot(self, name: str = "source") -> RunningVm:
         """Launch, let the guest run, and log into it."""
@@ -125,10 +130,47 @@ class Testbed:
         self._stack.callback(guest.close)
         return guest.connect(timeout=self.config.guest.boot_timeout)
 
+    def _record(self, entry: str) -> None:
+        """Write what we own into the lease before (mdev) or right after (pid) it exists,
+        so a run killed too hard to clean up can be swept by :func:`sweep`."""
+        self._lease.append(entry)
+        self.host.write_file(f"{self.workdir}/lease", "\n".join(self._lease) + "\n")
+
     def migration_uri(self) -> str:
         """Source and destination share the host: a unix socket needs no port."""
         self._uris += 1
         return f"unix:{self.workdir}/migration-{self._uris}.sock"
+
+
+def run_id() -> str:
+    """Names this run's testbeds on the host: `qmp-mig run` sets it for its tests."""
+    return os.environ.get("QMP_MIG_RUN_ID", "adhoc")
+
+
+def sweep(config: Config, run: str) -> list[str]:
+    """Remove what testbeds of run ``run`` left behind (kill its QEMUs, remove its
+    mdevs and directories). Touches only what their leases name."""
+    host = connect(config)
+    swept: list[str] = []
+    try:
+        listing = host.run(
+            ["sh", "-c", f"ls -d {config.host.workdir}/testbed.{run}.* 2>/dev/null"], check=False
+        )
+        for workdir in listing.stdout.split():
+            lease = host.run(["cat", f"{workdir}/lease"], check=False).stdout.splitlines()
+            for entry in reversed(lease):
+                kind, _, what = entry.partition(" ")
+                if kind == "pid":  # only if that pid is still our QEMU (pids get reused)
+                    kill = 'grep -qF "$2" "/proc/$1/cmdline" 2>/dev/null && kill -9 "$1"'
+                    host.run(["sh", "-c", kill, "sh", what, workdir], check=False)
+                elif kind == "mdev" and host.exists(what):
+                    host.run(["sh", "-c", 'echo 1 > "$1/remove"', "sh", what], check=False)
+                swept.append(f"{kind} {what}")
+            host.remove_tree(workdir)
+            swept.append(f"dir {workdir}")
+    finally:
+        host.close()
+    return swept
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
