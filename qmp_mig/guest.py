@@ -8,14 +8,28 @@ is itself over SSH), so nothing here knows whether the host is the lab.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shlex
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import paramiko
 
 from .hosts import Host
+
+
+@contextlib.contextmanager
+def _quiet_paramiko() -> Iterator[None]:
+    logger = logging.getLogger("paramiko.transport")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class GuestError(RuntimeError):
@@ -37,14 +51,15 @@ class Guest:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         delay = 0.5
-        while time.monotonic() < deadline:
-            try:
-                self._client = self._login()
-                return self
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                last = exc
-                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 1.5, 3.0)
+        with _quiet_paramiko():  # refused attempts are expected; we report the last one
+            while time.monotonic() < deadline:
+                try:
+                    self._client = self._login()
+                    return self
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    last = exc
+                    time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                    delay = min(delay * 1.5, 3.0)
         raise GuestError(f"{self.name}: no SSH login within {timeout:.0f} s (last error: {last})")
 
     def _login(self) -> paramiko.SSHClient:

@@ -80,7 +80,7 @@ class QemuInstance:
     def command_line(self) -> list[str]:
         s = self.spec
         argv = [
-            s.binary, "-name", self.name, "-S", "-nodefaults", "-no-user-config",
+            s.binary, "-name", self.name, "-nodefaults", "-no-user-config",
             "-display", "none", "-machine", f"{s.machine},accel={s.accel}", "-cpu", s.cpu,
             "-m", str(s.memory_mb), "-smp", str(s.smp),
             "-kernel", s.kernel, "-initrd", s.initrd, "-append", s.append,
@@ -91,8 +91,10 @@ class QemuInstance:
         ]
         for attachment in self.devices:
             argv += attachment.device.qemu_args(attachment.device_id)
-        if self.incoming:
-            argv += ["-incoming", "defer"]
+        # A fresh VM starts paused so QMP hears its first events (the VM start
+        # walk); an incoming one cannot run before its migration and must
+        # autostart after it, as a destination does.
+        argv += ["-incoming", "defer"] if self.incoming else ["-S"]
         return argv + s.extra_args
 
     def launch(self) -> QemuInstance:

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -74,6 +75,7 @@ class QmpSession:
     _client: QMPClient = field(init=False)
     _events: list[Event] = field(default_factory=list, init=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _pump_task: Future[None] | None = field(default=None, init=False)
 
     @classmethod
     def connect(cls, name: str, stream: socket.socket, transcript: Path, timeout: float = 30) -> QmpSession:
@@ -82,7 +84,7 @@ class QmpSession:
         listener = EventListener()
         session._client.register_listener(listener)
         _call(session._client.connect(stream), timeout)
-        asyncio.run_coroutine_threadsafe(session._pump(listener), _reactor())
+        session._pump_task = asyncio.run_coroutine_threadsafe(session._pump(listener), _reactor())
         session._log("greeting", session._client.greeting or {})
         return session
 
@@ -151,3 +153,5 @@ class QmpSession:
         # The peer may already be gone; there is nothing to save then.
         with contextlib.suppress(Exception):
             _call(self._client.disconnect(), 10)
+        if self._pump_task is not None:
+            self._pump_task.cancel()
