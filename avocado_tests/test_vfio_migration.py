@@ -67,7 +67,8 @@ class VfioMigration(Test):
         self.whiteboard = result.summary()
         check_equal("migration", "status", "completed", f"{result.status} {result.error}".strip())
         guest = self.bed.guest(destination)
-        return RunningVm(destination, guest, source.flags), result
+        start = {d: fsm.destination_events(f) for d, f in source.flags.items()}
+        return RunningVm(destination, guest, source.flags, start), result
 
     # --- scenarios --------------------------------------------------------------
 
@@ -78,7 +79,7 @@ class VfioMigration(Test):
         destination, _ = self.migrate(source)
 
         for device_id, flags in source.flags.items():
-            check_walk(f"source {device_id}", fsm.vm_start_events(flags) + fsm.source_events(flags),
+            check_walk(f"source {device_id}", source.expected_walk(device_id, fsm.source_events(flags)),
                        source.qemu.vfio_walk(device_id))
             check_walk(f"destination {device_id}", fsm.destination_events(flags),
                        destination.qemu.vfio_walk(device_id))

@@ -29,6 +29,7 @@ class HostConfig:
     user: str = "root"
     key: str = ""
     workdir: str = "/var/tmp/qmp-mig"
+    snapshot_dir: str = ""  # booted-guest snapshots; default <workdir>/snapshots
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from . import images
 from .hosts import SshHost
 
 READY_MARKER = "qmp-mig-lab: ready"
+LAB_SNAPSHOTS = "/mnt/snapshots"
 LAB_NAME = "qmp-mig-lab"
 
 
@@ -84,7 +85,14 @@ def status() -> LabState | None:
     return None
 
 
-def command_line(lab: Path, guest: Path, port: int, console: Path, memory: str = "3G") -> list[str]:
+def snapshot_store() -> Path:
+    """Booted-guest snapshots outlive the lab: a second run skips the cold boot."""
+    return images.cache_dir() / "snapshots"
+
+
+def command_line(
+    lab: Path, guest: Path, snapshots: Path, port: int, console: Path, memory: str = "3G"
+) -> list[str]:
     return [
         "qemu-system-x86_64", "-name", LAB_NAME, "-machine", f"q35,accel={_accel()}",
         "-cpu", "max", "-smp", "2", "-m", memory, "-nodefaults", "-no-user-config",
@@ -95,6 +103,7 @@ def command_line(lab: Path, guest: Path, port: int, console: Path, memory: str =
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net0,romfile=",
         "-virtfs", f"local,path={guest},mount_tag=guest,security_model=none,readonly=on",
+        "-virtfs", f"local,path={snapshots},mount_tag=snapshots,security_model=none",
         "-serial", f"file:{console}",
     ]
 
@@ -110,7 +119,8 @@ def up(say: Callable[[str], None] = print, timeout: float = 300) -> LabState:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     console, port = directory / "console.log", _free_local_port()
-    argv = command_line(lab_image, guest_image, port, console)
+    snapshot_store().mkdir(parents=True, exist_ok=True)
+    argv = command_line(lab_image, guest_image, snapshot_store(), port, console)
     say(f"booting lab ({_accel()}), ssh on 127.0.0.1:{port}")
     started = time.monotonic()
     with (directory / "qemu.stderr.log").open("wb") as stderr:
@@ -121,7 +131,10 @@ def up(say: Callable[[str], None] = print, timeout: float = 300) -> LabState:
     try:
         _wait_ready(process, console, directory / "qemu.stderr.log", timeout)
         key = str(lab_image / "id_ed25519")
-        SshHost("127.0.0.1", port, key, name="lab").close()  # it really lets us in
+        host = SshHost("127.0.0.1", port, key, name="lab")  # it really lets us in
+        host.run(["sh", "-c", f"mkdir -p {LAB_SNAPSHOTS} && "
+                  f"mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 snapshots {LAB_SNAPSHOTS}"])
+        host.close()
     except BaseException:
         _kill(process.pid)
         raise
@@ -163,16 +176,21 @@ address = "127.0.0.1"
 port = {state.ssh_port}
 key = "{state.key}"
 workdir = "/var/tmp/qmp-mig"
+snapshot_dir = "{LAB_SNAPSHOTS}"
 
 [vm]
 accel = "tcg"
 memory_mb = 256
+# With -cpu max the guest has RDRAND: no boot-time wait for entropy.
+cpu = "max"
 
 [guest]
 kernel = "/mnt/guest/vmlinuz"
 initrd = "/mnt/guest/initrd.img"
 key = "{guest_key}"
 append = "console=ttyS0 quiet"
+# A cold boot under nested TCG takes minutes; scenarios restore a snapshot instead.
+boot_timeout = 1200
 
 # The kernel's mtty sample. Without IOMMUFD the kernel has no device dirty
 # tracking, so QEMU must use the type1 container's, and be told migration is wanted.

@@ -44,6 +44,33 @@ class MigrationResult:
         )
 
 
+def save_to_file(vm: QemuInstance, path: str, timeout: float = 600) -> MigrationResult:
+    """Migrate a running VM into a file (it ends in postmigrate)."""
+    vm.monitor.execute("migrate-set-capabilities",
+                       {"capabilities": [{"capability": "events", "state": True}]})
+    since = len(vm.monitor.events)
+    started = time.time()
+    vm.monitor.execute("migrate", {"uri": f"file:{path}"})
+    final = vm.monitor.wait_event("MIGRATION", timeout=timeout, since=since,
+                                  match=lambda e: e.data.get("status") in FINAL_STATES)
+    info = vm.monitor.execute("query-migrate")
+    return MigrationResult(final.data["status"], str(info.get("error-desc", "")), info, started,
+                           time.time() - started)
+
+
+def restore_from_file(vm: QemuInstance, path: str, timeout: float = 600) -> None:
+    """Load a saved VM into an incoming QEMU and wait until it runs."""
+    since = len(vm.monitor.events)
+    vm.monitor.execute("migrate-set-capabilities",
+                       {"capabilities": [{"capability": "events", "state": True}]})
+    vm.monitor.execute("migrate-incoming", {"uri": f"file:{path}", "exit-on-error": False})
+    final = vm.monitor.wait_event("MIGRATION", timeout=timeout, since=since,
+                                  match=lambda e: e.data.get("status") in FINAL_STATES)
+    if final.data["status"] != "completed":
+        raise RuntimeError(f"{vm.name}: restoring {path} ended {final.data['status']}")
+    vm.monitor.wait_event("RESUME", timeout=timeout, since=since)
+
+
 class Migration:
     """One migration attempt. ``start()``, then ``wait()`` (or ``cancel()``)."""
 

@@ -75,7 +75,7 @@ def summary_table(job: Path) -> Table:
         table.add_row(
             test.get("name", test.get("id", "?")).split(":", 1)[-1],
             f"[{colours.get(status, 'white')}]{status}[/]",
-            f"{test.get('time', 0):.1f} s",
+            f"{test.get('time_elapsed', 0):.1f} s",
             detail[0] if detail else "",
         )
     return table

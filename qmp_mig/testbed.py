@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from .checks import CheckFailed
+from . import fsm
+from .checks import CheckFailed, check_walk
 from .config import Config, DeviceConfig
 from .devices import MdevDevice, PciDevice, VfioDevice
-from .fsm import Flag
+from .fsm import Flag, State
 from .guest import Guest
 from .hosts import Host, LocalHost, SshHost
+from .migration import restore_from_file, save_to_file
 from .qemu import QemuInstance, VmSpec
+from .snapshots import snapshot_key
 
 
 def connect(config: Config) -> Host:
@@ -40,6 +43,11 @@ class RunningVm:
     qemu: QemuInstance
     guest: Guest
     flags: dict[str, Flag]  # device id -> the kernel's migration flags
+    start_walk: dict[str, list[State]]  # device id -> the model's walk for how it came up
+
+    def expected_walk(self, device_id: str, *then: list[State]) -> list[State]:
+        """The whole expected walk so far: coming up, then ``then``."""
+        return [*self.start_walk[device_id], *(s for part in then for s in part)]
 
 
 class Testbed:
@@ -118,12 +126,45 @@ class Testbed:
         self._record(f"pid {qemu.pid}")
         return qemu, flags
 
-    def boot(self, name: str = "source") -> RunningVm:
-        """Launch, let the guest run, and log into it."""
+    def boot_cold(self, name: str) -> RunningVm:
+        """Launch paused, let the guest boot from scratch, and log into it."""
         qemu, flags = self.launch(name)
         qemu.start()
         guest = self.guest(qemu)
-        return RunningVm(qemu, guest, {a.device_id: f for a, f in zip(qemu.devices, flags)})
+        ids = [a.device_id for a in qemu.devices]
+        return RunningVm(qemu, guest, dict(zip(ids, flags)),
+                         {i: fsm.vm_start_events(f) for i, f in zip(ids, flags)})
+
+    def boot(self, name: str = "source") -> RunningVm:
+        """A ready guest: restored from the booted-guest snapshot (made on first use)."""
+        snapshot = self.snapshot()
+        qemu, flags = self.launch(name, incoming=True)
+        restore_from_file(qemu, snapshot)
+        guest = self.guest(qemu)
+        ids = [a.device_id for a in qemu.devices]
+        return RunningVm(qemu, guest, dict(zip(ids, flags)),
+                         {i: fsm.destination_events(f) for i, f in zip(ids, flags)})
+
+    def snapshot(self) -> str:
+        """Path on the host of the booted-guest snapshot for this configuration."""
+        directory = self.config.host.snapshot_dir or f"{self.config.host.workdir}/snapshots"
+        path = f"{directory}/guest-{snapshot_key(self.host, self.spec(), self.config.devices)}.mig"
+        if self.host.exists(path):
+            return path
+        # Cold boot once; the VM start walk is checked here since restores skip it.
+        vm = self.boot_cold("snapshot-maker")
+        for device_id, expected in vm.start_walk.items():
+            check_walk(f"snapshot-maker {device_id} (VM start)", expected, vm.qemu.vfio_walk(device_id))
+        vm.guest.close()
+        self.host.run(["mkdir", "-p", directory])
+        partial = f"{path}.{self.workdir.rsplit('.', 1)[-1]}.partial"
+        result = save_to_file(vm.qemu, partial)
+        if result.status != "completed":
+            self.host.run(["rm", "-f", partial])
+            raise RuntimeError(f"saving the booted guest to {path} ended {result.status}: {result.error}")
+        self.host.run(["mv", partial, path])
+        vm.qemu.shutdown()
+        return path
 
     def guest(self, qemu: QemuInstance) -> Guest:
         guest = Guest(self.host, qemu.ssh_port, self.config.guest.key, name=f"guest in {qemu.name}")

@@ -55,7 +55,7 @@ def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
     assert (job / "results.xml").exists()
     statuses = {t["name"].rsplit(":", 1)[-1]: t["status"] for t in results["tests"]}
     print(f"suite wall time {time.monotonic() - started:.0f} s; per test:",
-          {t["name"].rsplit(":", 1)[-1]: f"{t['time']:.0f} s {t.get('whiteboard', '')}" for t in results["tests"]})
+          {t["name"].rsplit(":", 1)[-1]: f"{t['time_elapsed']:.0f} s {t.get('whiteboard', '')}" for t in results["tests"]})
     assert statuses == {
         "VfioMigration.test_migrate": "PASS",
         "VfioMigration.test_cancel_then_migrate": "PASS",
