@@ -2,7 +2,8 @@
 """Live migration of a VM that owns VFIO devices: the foundation scenarios.
 
 Parameters (``-p key=value``): ``host_config`` (required: the TOML file the lab
-writes, or your KVM host's), ``memory_mb`` / ``dirty_mb`` for the memory agent.
+writes, or your KVM host's); ``memory_mb`` / ``dirty_mb`` override the host
+configuration's [workload] for the memory agent.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ class VfioMigration(Test):
         path = self.params.get("host_config", default=os.environ.get("QMP_MIG_HOST_CONFIG"))
         if not path:
             self.cancel("no host_config parameter (qmp-mig run passes the lab's)")
-        self.bed = Testbed(configuration.load(path), Path(self.logdir) / "artifacts")
-        self.memory_mb = int(self.params.get("memory_mb", default=64))
-        self.dirty_mb = int(self.params.get("dirty_mb", default=8))
+        config = configuration.load(path)
+        self.bed = Testbed(config, Path(self.logdir) / "artifacts")
+        workload = config.workload
+        self.memory_mb = int(self.params.get("memory_mb", default=workload.memory_mb))
+        self.dirty_mb = int(self.params.get("dirty_mb", default=workload.dirty_mb))
+        self.agent_timeout = float(workload.agent_timeout)
 
     def tearDown(self) -> None:
         if hasattr(self, "bed"):
@@ -37,9 +41,12 @@ class VfioMigration(Test):
 
     # --- steps shared by the scenarios ------------------------------------------
 
+    def memory(self, vm: RunningVm) -> MemoryAgent:
+        return MemoryAgent(vm.guest, timeout=self.agent_timeout)
+
     def load_guest(self, vm: RunningVm) -> dict[str, bytes]:
         """Start the memory agent and put bytes into every mtty FIFO."""
-        started = MemoryAgent(vm.guest).start(self.memory_mb, self.dirty_mb)
+        started = self.memory(vm).start(self.memory_mb, self.dirty_mb)
         self.log.info("memory agent: %s", started)
         fifo = {}
         for port in MttyAgent(vm.guest).ports():
@@ -49,7 +56,7 @@ class VfioMigration(Test):
         return fifo
 
     def verify_guest(self, vm: RunningVm, fifo: dict[str, bytes], where: str) -> None:
-        report = MemoryAgent(vm.guest).verify()
+        report = self.memory(vm).verify()
         self.log.info("memory verify: %d pages, %d rewrites during the run, %d bad",
                       report["pages"], report["rewrites"], report["bad_pages"])
         check_memory(where, report)
@@ -111,7 +118,7 @@ class VfioMigration(Test):
         doomed.shutdown()
 
         # The guest is whole on the source; then a real migration succeeds.
-        report = MemoryAgent(source.guest).status()
+        report = self.memory(source).status()
         self.log.info("memory agent still running after cancel: %s", report)
         destination, _ = self.migrate(source)
         check_equal("destination", "run state", "running", destination.qemu.status())

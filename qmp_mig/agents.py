@@ -20,9 +20,15 @@ class MemoryAgent:
     """Fills guest RAM with a known pattern and keeps dirtying part of it."""
 
     guest: Guest
+    timeout: float = 600.0  # filling or verifying is slow in a nested, emulated guest
+
+    def _run(self, *args: str) -> dict[str, Any]:
+        return self.guest.agent(
+            [MEMCHECK, *args, "--timeout", str(int(self.timeout))], timeout=self.timeout + 30
+        )
 
     def start(self, size_mb: int, dirty_mb: int) -> dict[str, Any]:
-        return self.guest.agent([MEMCHECK, "start", "--size-mb", str(size_mb), "--dirty-mb", str(dirty_mb)])
+        return self._run("start", "--size-mb", str(size_mb), "--dirty-mb", str(dirty_mb))
 
     def status(self) -> dict[str, Any]:
         return self.guest.agent([MEMCHECK, "status"])
@@ -33,7 +39,7 @@ class MemoryAgent:
 
     def verify(self) -> dict[str, Any]:
         """Stop writing and check every page; the report lists each bad page."""
-        return self.guest.agent([MEMCHECK, "verify"], timeout=180)
+        return self._run("verify")
 
 
 @dataclass(frozen=True)

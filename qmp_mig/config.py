@@ -51,6 +51,15 @@ class GuestConfig:
 
 
 @dataclass(frozen=True)
+class WorkloadConfig:
+    """How much the guest agents do; scale it to the host's speed."""
+
+    memory_mb: int = 64  # region the memory agent fills and verifies
+    dirty_mb: int = 8  # part of it rewritten continuously
+    agent_timeout: float = 600.0  # for one agent command (fill, verify)
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     kind: str  # "mdev" or "pci"
     parent: str = ""
@@ -67,6 +76,7 @@ class Config:
     vm: VmConfig
     guest: GuestConfig
     devices: tuple[DeviceConfig, ...]
+    workload: WorkloadConfig = WorkloadConfig()
 
 
 def _table(where: str, data: dict[str, Any], key: str, required: bool = True) -> dict[str, Any]:
@@ -140,4 +150,7 @@ def load(path: str | Path) -> Config:
     if not isinstance(raw_devices, list) or not raw_devices:
         raise ConfigError(f"{where}: no [[device]] entries: name at least one VFIO device")
     devices = tuple(_device(where, i, d) for i, d in enumerate(raw_devices))
-    return Config(path, host, vm, guest, devices)
+    workload: WorkloadConfig = _build(
+        WorkloadConfig, where, "workload", _table(where, data, "workload", required=False)
+    )
+    return Config(path, host, vm, guest, devices, workload)

@@ -112,6 +112,12 @@ def up(say: Callable[[str], None] = print, timeout: float = 300) -> LabState:
     """Boot the lab unless it is already up; return its state."""
     running = status()
     if running:
+        current = {str(images.image_dir("lab")), str(images.image_dir("guest"))}
+        if {running.lab_image, running.guest_image} != current:
+            raise LabError(
+                f"the running lab (pid {running.pid}) uses images older than the recipes "
+                "in images/; run `qmp-mig lab down` and try again"
+            )
         say(f"lab already up (pid {running.pid}, ssh port {running.ssh_port})")
         return running
     lab_image, guest_image = images.ensure("lab", say), images.ensure("guest", say)
@@ -191,6 +197,11 @@ key = "{guest_key}"
 append = "console=ttyS0 quiet"
 # A cold boot under nested TCG takes minutes; scenarios restore a snapshot instead.
 boot_timeout = 1200
+
+# Guest code runs under two levels of TCG here: keep the agents' work small.
+[workload]
+memory_mb = 8
+dirty_mb = 1
 
 # The kernel's mtty sample. Without IOMMUFD the kernel has no device dirty
 # tracking, so QEMU must use the type1 container's, and be told migration is wanted.

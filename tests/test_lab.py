@@ -67,9 +67,10 @@ def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
 def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path) -> None:
     """After a real migration: a wrong expected walk, one corrupted guest page and
     one lost mtty byte each fail with a message naming exactly what differed."""
-    with Testbed(config.load(lab_config), tmp_path) as bed:
+    cfg = config.load(lab_config)
+    with Testbed(cfg, tmp_path) as bed:
         source = bed.boot("source")
-        pages = MemoryAgent(source.guest).start(size_mb=32, dirty_mb=4)
+        pages = MemoryAgent(source.guest).start(cfg.workload.memory_mb, cfg.workload.dirty_mb)
         agent = MttyAgent(source.guest)
         port = agent.ports()[0]
         agent.write(port, MTTY_PATTERN)
