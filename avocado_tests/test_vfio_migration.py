@@ -65,9 +65,12 @@ class VfioMigration(Test):
             key = f"{port.bdf}/{port.index}"
             check_bytes(f"{where}: mtty {key}", fifo[key], agent.read(port))
 
-    def migrate(self, source: RunningVm) -> tuple[RunningVm, MigrationResult]:
+    def migrate(
+        self, source: RunningVm, parameters: dict[str, int] | None = None
+    ) -> tuple[RunningVm, MigrationResult]:
         destination, _ = self.bed.launch("destination", incoming=True)
-        migration = Migration(source.qemu, destination, uri=self.bed.migration_uri())
+        migration = Migration(source.qemu, destination, uri=self.bed.migration_uri(),
+                              parameters=parameters)
         migration.start()
         result = migration.wait()
         self.log.info("migration %s", result.summary())
@@ -101,8 +104,12 @@ class VfioMigration(Test):
         fifo = self.load_guest(source)
         boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
 
+        # Throttled so the cancel lands while RAM is still being copied, however
+        # fast the host; the recovery migration gets the original bandwidth back.
+        bandwidth = source.qemu.monitor.execute("query-migrate-parameters")["max-bandwidth"]
         doomed, _ = self.bed.launch("cancelled-destination", incoming=True)
-        migration = Migration(source.qemu, doomed, uri=self.bed.migration_uri())
+        migration = Migration(source.qemu, doomed, uri=self.bed.migration_uri(),
+                              parameters={"max-bandwidth": 1 << 20})
         migration.start()
         migration.wait_for_status("active", timeout=120)
         migration.cancel()
@@ -120,6 +127,6 @@ class VfioMigration(Test):
         # The guest is whole on the source; then a real migration succeeds.
         report = self.memory(source).status()
         self.log.info("memory agent still running after cancel: %s", report)
-        destination, _ = self.migrate(source)
+        destination, _ = self.migrate(source, parameters={"max-bandwidth": bandwidth})
         check_equal("destination", "run state", "running", destination.qemu.status())
         self.verify_guest(destination, fifo, "destination after cancel + migrate")
