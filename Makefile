@@ -24,7 +24,7 @@ unit: setup
 	$(BIN)/pytest -q -m "not lab"
 
 lab-tests: images
-	$(BIN)/pytest -q -m lab -s
+	$(BIN)/pytest -q -m lab -s --durations=0
 
 test: lint unit lab-tests
 

@@ -71,7 +71,9 @@ def summary_table(job: Path) -> Table:
     colours = {"PASS": "green", "FAIL": "red", "ERROR": "red", "CANCEL": "yellow", "SKIP": "yellow"}
     for test in data.get("tests", []):
         status = test.get("status", "?")
-        detail = (test.get("fail_reason") or test.get("whiteboard") or "").splitlines()
+        # Avocado fills fail_reason with "<unknown>" for tests that passed.
+        reason = test.get("fail_reason") if status != "PASS" else ""
+        detail = (reason or test.get("whiteboard") or "").splitlines()
         table.add_row(
             test.get("name", test.get("id", "?")).split(":", 1)[-1],
             f"[{colours.get(status, 'white')}]{status}[/]",

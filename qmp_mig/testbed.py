@@ -51,6 +51,7 @@ class RunningVm:
 
 
 class Testbed:
+    __test__ = False  # a fixture-like helper, not a pytest test class
     def __init__(self, config: Config, artifacts: Path) -> None:
         self.config = config
         self.artifacts = artifacts
