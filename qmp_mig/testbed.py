@@ -51,7 +51,10 @@ class RunningVm:
 
 
 class Testbed:
-    __test__ = False  # a fixture-like helper, not a pytest test class
+    """What one scenario owns on its host; see the module docstring."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
     def __init__(self, config: Config, artifacts: Path) -> None:
         self.config = config
         self.artifacts = artifacts
