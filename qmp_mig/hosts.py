@@ -95,19 +95,11 @@ class Host(ABC):
         """Drop connections; processes spawned through them die with them."""
 
     # Conveniences built on run(); each is one idea, named for what it does.
-    def read_file(self, path: str, *, timeout: float = 30) -> bytes:
-        return self.run(["cat", "--", path], timeout=timeout).stdout.encode(
-            "utf-8", "surrogateescape"
-        )
-
     def write_file(self, path: str, data: str, *, timeout: float = 30) -> None:
         self.run(["sh", "-c", 'cat > "$1"', "sh", path], stdin=data.encode(), timeout=timeout)
 
     def exists(self, path: str) -> bool:
         return self.run(["test", "-e", path], check=False).returncode == 0
-
-    def mkdtemp(self, prefix: str) -> str:
-        return self.run(["mktemp", "-d", "-t", f"{prefix}XXXXXX"]).stdout.strip()
 
     def remove_tree(self, path: str) -> None:
         if path and path != "/":

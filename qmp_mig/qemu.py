@@ -18,7 +18,7 @@ from pathlib import Path
 from .devices import VfioDevice
 from .fsm import State
 from .hosts import Host, HostProcess, fetch
-from .qmp import Event, QmpSession
+from .qmp import QmpSession
 
 
 class QemuError(RuntimeError):
@@ -184,9 +184,6 @@ class QemuInstance:
             for e in self.monitor.events
             if e.name == "VFIO_MIGRATION" and e.data.get("device-id") == device_id and e.time >= since
         ]
-
-    def events_named(self, name: str) -> list[Event]:
-        return [e for e in self.monitor.events if e.name == name]
 
     def _collect_artifacts(self) -> None:
         for remote in (self.console_path, self.stderr_path):
