@@ -49,8 +49,9 @@ class VfioMigration(Test):
         started = self.memory(vm).start(self.memory_mb, self.dirty_mb)
         self.log.info("memory agent: %s", started)
         fifo = {}
-        for port in MttyAgent(vm.guest).ports():
-            MttyAgent(vm.guest).write(port, MTTY_PATTERN)
+        mtty = MttyAgent(vm.guest)
+        for port in mtty.ports():
+            mtty.write(port, MTTY_PATTERN)
             fifo[f"{port.bdf}/{port.index}"] = MTTY_PATTERN
         self.log.info("mtty FIFOs loaded: %s", sorted(fifo))
         return fifo

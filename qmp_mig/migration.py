@@ -44,15 +44,24 @@ class MigrationResult:
         )
 
 
+def _set_capabilities(vm: QemuInstance, capabilities: dict[str, bool]) -> None:
+    caps = [{"capability": k, "state": v} for k, v in capabilities.items()]
+    vm.monitor.execute("migrate-set-capabilities", {"capabilities": caps})
+
+
+def _wait_final(vm: QemuInstance, since: int, timeout: float) -> Event:
+    """The first MIGRATION event at index >= since with a final status."""
+    return vm.monitor.wait_event("MIGRATION", timeout=timeout, since=since,
+                                 match=lambda e: e.data.get("status") in FINAL_STATES)
+
+
 def save_to_file(vm: QemuInstance, path: str, timeout: float = 600) -> MigrationResult:
     """Migrate a running VM into a file (it ends in postmigrate)."""
-    vm.monitor.execute("migrate-set-capabilities",
-                       {"capabilities": [{"capability": "events", "state": True}]})
+    _set_capabilities(vm, {"events": True})
     since = len(vm.monitor.events)
     started = time.time()
     vm.monitor.execute("migrate", {"uri": f"file:{path}"})
-    final = vm.monitor.wait_event("MIGRATION", timeout=timeout, since=since,
-                                  match=lambda e: e.data.get("status") in FINAL_STATES)
+    final = _wait_final(vm, since, timeout)
     info = vm.monitor.execute("query-migrate")
     return MigrationResult(final.data["status"], str(info.get("error-desc", "")), info, started,
                            time.time() - started)
@@ -61,11 +70,9 @@ def save_to_file(vm: QemuInstance, path: str, timeout: float = 600) -> Migration
 def restore_from_file(vm: QemuInstance, path: str, timeout: float = 600) -> None:
     """Load a saved VM into an incoming QEMU and wait until it runs."""
     since = len(vm.monitor.events)
-    vm.monitor.execute("migrate-set-capabilities",
-                       {"capabilities": [{"capability": "events", "state": True}]})
+    _set_capabilities(vm, {"events": True})
     vm.monitor.execute("migrate-incoming", {"uri": f"file:{path}", "exit-on-error": False})
-    final = vm.monitor.wait_event("MIGRATION", timeout=timeout, since=since,
-                                  match=lambda e: e.data.get("status") in FINAL_STATES)
+    final = _wait_final(vm, since, timeout)
     if final.data["status"] != "completed":
         raise RuntimeError(f"{vm.name}: restoring {path} ended {final.data['status']}")
     vm.monitor.wait_event("RESUME", timeout=timeout, since=since)
@@ -94,8 +101,7 @@ class Migration:
 
     def start(self) -> None:
         for vm in (self.destination, self.source):
-            caps = [{"capability": k, "state": v} for k, v in self.capabilities.items()]
-            vm.monitor.execute("migrate-set-capabilities", {"capabilities": caps})
+            _set_capabilities(vm, self.capabilities)
             if self.parameters:
                 vm.monitor.execute("migrate-set-parameters", self.parameters)
         self._source_mark = len(self.source.monitor.events)
@@ -120,11 +126,7 @@ class Migration:
 
     def wait(self, timeout: float = 300) -> MigrationResult:
         """Wait for the source's final status; on success also for the destination to run."""
-        final = self.source.monitor.wait_event(
-            "MIGRATION", timeout=timeout, since=self._source_mark,
-            match=lambda e: e.data.get("status") in FINAL_STATES,
-        )
-        status = final.data["status"]
+        status = _wait_final(self.source, self._source_mark, timeout).data["status"]
         info = self.source.monitor.execute("query-migrate")
         if status == "completed":
             self.destination.monitor.wait_event(
