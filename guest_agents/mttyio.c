@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
  * qmp-mig-mttyio: pokes the UARTs of the kernel's mtty sample device
- * (samples/vfio-mdev/mtty.c, PCI 4348:3253) with raw port I/O, below the tty
+ * (samples/vfio-mdev/mtty.c, PCI 4348:3253) with raw port I/O through
+ * /dev/port, below the tty
  * layer, so bytes put in a port's loop-back FIFO stay there across a live
  * migration and can be read back on the destination.  One line of JSON out.
  *
@@ -38,7 +39,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/io.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #define MTTY_VENDOR 0x4348
 #define MTTY_DEVICE 0x3253
@@ -170,13 +172,35 @@ static unsigned short port_base(const char *bdf, long port)
  * Gain access to the port's registers and make offset 0 the data register:
  * with DLAB set it would be the divisor latch instead.
  */
+/*
+ * Port I/O goes through /dev/port, done by the kernel, rather than ioperm()
+ * and user-mode in/out: under nested SVM emulated by TCG the TSS I/O bitmap
+ * is not honoured and user-mode in/out faults.
+ */
+static int devport = -1;
+
+static unsigned char inb(unsigned short port)
+{
+	unsigned char value;
+
+	if (pread(devport, &value, 1, port) != 1)
+		die("read of port 0x%x: %s", port, strerror(errno));
+	return value;
+}
+
+static void outb(unsigned char value, unsigned short port)
+{
+	if (pwrite(devport, &value, 1, port) != 1)
+		die("write of port 0x%x: %s", port, strerror(errno));
+}
+
 static void uart_open(unsigned short base)
 {
 	unsigned char lcr;
 
-	if (ioperm(base, UART_REGS, 1) != 0)
-		die("ioperm(0x%x): %s (needs root / CAP_SYS_RAWIO)", base,
-		    strerror(errno));
+	devport = open("/dev/port", O_RDWR | O_CLOEXEC);
+	if (devport < 0)
+		die("/dev/port: %s (needs root / CAP_SYS_RAWIO)", strerror(errno));
 	lcr = inb(base + UART_LCR);
 	if (lcr & UART_LCR_DLAB)
 		outb(lcr & ~UART_LCR_DLAB, base + UART_LCR);

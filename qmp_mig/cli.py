@@ -46,7 +46,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
             say("lab is down")
             return 1
         say(f"lab up: pid {state.pid}, ssh 127.0.0.1:{state.ssh_port}, up "
-            f"{time.time() - state.started:.0f} s (booted in {state.boot_seconds} s)")
+            f"{time.time() - state.started:.0f} s (booted in {state.boot_seconds} s), "
+            f"guests under {state.guest_accel}")
         say(f"host configuration: {state.config}")
     elif args.action == "ssh":
         state = lab.status()
