@@ -75,6 +75,31 @@ def check_bytes(where: str, expected: bytes, observed: bytes) -> None:
     )
 
 
+def check_ordering(
+    where: str, walks: dict[str, list[tuple[float, State]]], first: set[State], then: set[State]
+) -> None:
+    """Every device entered a state of ``first`` before any device entered one of
+    ``then`` (e.g. all quiesced peer-to-peer before any stopped)."""
+    reached = {d: next((t for t, s in w if s in first), None) for d, w in walks.items()}
+    moved = {d: next((t for t, s in w if s in then), None) for d, w in walks.items()}
+    names = "/".join(sorted(s.name for s in first))
+    for device, when in reached.items():
+        if when is None:
+            raise CheckFailed(f"{where}: {device} never reached {names}")
+    last_device = max(reached, key=lambda d: reached[d] or 0.0)
+    movers = {d: t for d, t in moved.items() if t is not None}
+    if not movers:
+        return
+    first_mover = min(movers, key=lambda d: movers[d])
+    last = reached[last_device] or 0.0
+    if last > movers[first_mover]:
+        state = next(s for t, s in walks[first_mover] if t == movers[first_mover])
+        raise CheckFailed(
+            f"{where}: {last_device} reached {names} {1000 * (last - movers[first_mover]):.1f} ms after "
+            f"{first_mover} had already moved on to {state.name}"
+        )
+
+
 def check_equal(where: str, what: str, expected: object, observed: object) -> None:
     if expected != observed:
         raise CheckFailed(f"{where}: {what} is {observed!r}, expected {expected!r}")

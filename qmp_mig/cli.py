@@ -12,9 +12,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import images, lab
+from . import benchmark, images, lab
 from .config import ConfigError
 from .config import load as load_config
+from .report import write_run_report
 from .runner import SUITES, RunError, run_suite, summary_table
 from .testbed import sweep
 
@@ -72,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             booted_here = lab.status() is None
             config = Path(lab.up(say).config)
-        status, job = run_suite(args.suite, config, Path(args.results).resolve(), console, run_id)
+        run_dir = Path(args.results).resolve() / f"run-{time.strftime('%Y-%m-%dT%H.%M.%S')}-{args.suite}"
+        status, jobs = run_suite(args.suite, config, run_dir, console, run_id)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
@@ -81,10 +83,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             _sweep(config, run_id)
         if booted_here:
             lab.down(say)
-    console.print(summary_table(job))
+    console.print(summary_table(jobs))
+    report = write_run_report(run_dir, jobs, title=f"qmp-mig suite {args.suite!r}")
     say(f"total wall time {time.monotonic() - started:.0f} s")
-    print(f"results: {job}")
+    say(f"HTML report: {report}")
+    print(f"results: {run_dir}")
     return status
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Figures for the configured host (the lab unless --config names one)."""
+    booted_here = False
+    try:
+        if args.config:
+            path = Path(args.config).resolve()
+        else:
+            booted_here = lab.status() is None
+            path = Path(lab.up(say).config)
+        benchmark.run(load_config(path), Path(args.results).resolve(), console)
+    finally:
+        if booted_here:
+            lab.down(say)
+    return 0
 
 
 def _sweep(config: Path, run_id: str) -> None:
@@ -114,8 +134,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="default", choices=sorted(SUITES))
     p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
     p.add_argument("--results", default="results",
-                   help="directory for Avocado job results")
+                   help="directory for run results (each run gets its own directory of Avocado jobs)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="print cold boot, ready-guest, migration and suite figures")
+    p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
+    p.add_argument("--results", default="results", help="where `run` left its results")
+    p.set_defaults(func=cmd_bench)
     return top
 
 

@@ -67,6 +67,9 @@ class DeviceConfig:
     bdf: str = ""
     options: dict[str, str] = field(default_factory=dict)
     expect_flags: Flag | None = None  # if set, the kernel must report exactly these
+    # Scenario -> why it is expected to fail with this device (a known driver bug):
+    # the test still runs and reports an expected failure, never hides it.
+    known_issues: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

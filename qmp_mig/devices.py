@@ -48,6 +48,11 @@ class VfioDevice(ABC):
     def sysfs_path(self) -> str:
         """The path given to ``-device vfio-pci,sysfsdev=``."""
 
+    @property
+    @abstractmethod
+    def kernel_name(self) -> str:
+        """The device's name in the kernel (mdev UUID, PCI address), as traces name it."""
+
     @abstractmethod
     def release(self) -> None:
         """Give the device back (remove what we created). Idempotent."""
@@ -97,6 +102,10 @@ class MdevDevice(VfioDevice):
     def sysfs_path(self) -> str:
         return f"/sys/bus/mdev/devices/{self.uuid}"
 
+    @property
+    def kernel_name(self) -> str:
+        return self.uuid
+
     def create(self) -> MdevDevice:
         create = f"/sys/class/mdev_bus/{self.parent}/mdev_supported_types/{self.mdev_type}/create"
         if not self.host.exists(create):
@@ -137,6 +146,10 @@ class PciDevice(VfioDevice):
     @property
     def sysfs_path(self) -> str:
         return f"/sys/bus/pci/devices/{self.bdf}"
+
+    @property
+    def kernel_name(self) -> str:
+        return self.bdf
 
     def check_bound(self) -> PciDevice:
         driver = self.host.run(["readlink", "-f", f"{self.sysfs_path}/driver"], check=False).stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,9 @@ class QemuInstance:
         self.qmp: QmpSession | None = None
         self._process: HostProcess | None = None
         self.exit_status: int | None = None
+        # When we began to stop it (controller clock): what it does after that,
+        # such as the walk QEMU makes on quit, is not part of the scenario.
+        self.ended_at: float | None = None
 
     # --- life cycle ---------------------------------------------------------
 
@@ -128,6 +132,8 @@ class QemuInstance:
 
     def shutdown(self, timeout: float = 30) -> None:
         """Quit politely, kill if that fails; always collect the artifacts."""
+        if self.ended_at is None and self._process is not None:
+            self.ended_at = time.time()
         try:
             if self.qmp and self.running:
                 # Any failure here is covered by the kill below.
@@ -145,6 +151,8 @@ class QemuInstance:
             self._collect_artifacts()
 
     def kill(self) -> None:
+        if self.ended_at is None and self._process is not None:
+            self.ended_at = time.time()
         if self._process:
             self._process.kill()
             self.exit_status = self._process.poll()
@@ -177,13 +185,29 @@ class QemuInstance:
     def status(self) -> str:
         return str(self.monitor.execute("query-status")["status"])
 
-    def vfio_walk(self, device_id: str, since: float = 0.0) -> list[State]:
-        """The states QEMU requested for one device, from its VFIO_MIGRATION events."""
+    def vfio_walk(self, device_id: str, since: float = 0.0, until: float = float("inf")) -> list[State]:
+        """The states QEMU requested for one device, from its VFIO_MIGRATION events
+        (``since``/``until``: QEMU timestamps, the host's clock)."""
         return [
             State.from_qapi(e.data["device-state"])
             for e in self.monitor.events
-            if e.name == "VFIO_MIGRATION" and e.data.get("device-id") == device_id and e.time >= since
+            if e.name == "VFIO_MIGRATION" and e.data.get("device-id") == device_id
+            and since <= e.time <= until
         ]
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        """The last lines QEMU wrote to stderr (read on its host)."""
+        result = self.host.run(["tail", "-n", str(lines), self.stderr_path], check=False)
+        return " | ".join(result.stdout.strip().splitlines())
+
+    def vfio_timed_walks(self, since_index: int = 0) -> dict[str, list[tuple[float, State]]]:
+        """Per device, (QEMU timestamp, state) of each VFIO_MIGRATION event from the
+        ``since_index``-th event on (an index into ``monitor.events``)."""
+        walks: dict[str, list[tuple[float, State]]] = {a.device_id: [] for a in self.devices}
+        for e in self.monitor.events[since_index:]:
+            if e.name == "VFIO_MIGRATION" and e.data.get("device-id") in walks:
+                walks[e.data["device-id"]].append((e.time, State.from_qapi(e.data["device-state"])))
+        return walks
 
     def _collect_artifacts(self) -> None:
         for remote in (self.console_path, self.stderr_path):

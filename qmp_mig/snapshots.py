@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from .config import DeviceConfig
@@ -18,7 +19,7 @@ from .hosts import Host
 from .qemu import VmSpec
 
 
-def snapshot_key(host: Host, spec: VmSpec, devices: tuple[DeviceConfig, ...]) -> str:
+def snapshot_key(host: Host, spec: VmSpec, devices: Sequence[DeviceConfig]) -> str:
     """Hash of everything that makes a saved guest loadable: images, spec, devices, QEMU."""
     images = host.run(["sha256sum", spec.kernel, spec.initrd]).stdout.split()[::2]
     qemu = host.run([spec.binary, "--version"]).stdout.splitlines()[0]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from .config import Config, DeviceConfig
 from .devices import MdevDevice, PciDevice, VfioDevice
 from .fsm import Flag, State
 from .guest import Guest
-from .hosts import Host, LocalHost, SshHost
+from .hosts import Host, LocalHost, SshHost, fetch
+from .kernel_trace import KernelCall, KernelTrace, check_device, debugfs_state, stop_instance
 from .migration import restore_from_file, save_to_file
 from .qemu import QemuInstance, VmSpec
 from .snapshots import snapshot_key
@@ -34,6 +37,20 @@ def connect(config: Config) -> Host:
     if h.kind == "local":
         return LocalHost()
     return SshHost(h.address, h.port, h.key, user=h.user, name=f"{h.user}@{h.address}:{h.port}")
+
+
+@dataclass
+class KernelCheck:
+    """The kernel's walks set against QEMU's: problems found, or why it could not look."""
+
+    available: bool
+    reason: str = ""
+    problems: list[str] | None = None
+    calls: dict[str, list[KernelCall]] | None = None  # VM name -> its devices' calls
+
+    def __post_init__(self) -> None:
+        self.problems = self.problems or []
+        self.calls = self.calls or {}
 
 
 @dataclass
@@ -71,6 +88,12 @@ class Testbed:
         ).stdout.strip()
         self._stack.callback(self.host.remove_tree, self.workdir)
         self._lease: list[str] = []
+        self.clock_offset = _clock_offset(self.host)
+        self.vms: list[tuple[QemuInstance, list[Flag]]] = []
+        self.kernel = KernelTrace.start(self.host, f"qmp-mig-{self.workdir.rsplit('/', 1)[-1]}")
+        if self.kernel.available:
+            self._record(f"trace {self.kernel.path}")
+            self._stack.callback(self.kernel.stop)
 
     def close(self) -> None:
         self._stack.close()
@@ -93,10 +116,10 @@ class Testbed:
             device = PciDevice(self.host, spec.bdf, dict(spec.options)).check_bound()
         return device
 
-    def devices(self) -> tuple[list[VfioDevice], list[Flag]]:
-        """One fresh device per configured entry, with the kernel's flags for each."""
+    def devices(self, specs: Sequence[DeviceConfig] | None = None) -> tuple[list[VfioDevice], list[Flag]]:
+        """One fresh device per entry (default: the configuration's), with the kernel's flags."""
         devices, flags = [], []
-        for spec in self.config.devices:
+        for spec in self.config.devices if specs is None else specs:
             device = self._make_device(spec)
             view = device.probe()
             if spec.expect_flags is not None and view.flags != spec.expect_flags:
@@ -118,9 +141,13 @@ class Testbed:
             binary=c.vm.binary,
         )
 
-    def launch(self, name: str, *, incoming: bool = False) -> tuple[QemuInstance, list[Flag]]:
-        """A paused QEMU with fresh devices, monitor connected."""
-        devices, flags = self.devices()
+    def launch(
+        self, name: str, *, incoming: bool = False, specs: Sequence[DeviceConfig] | None = None,
+        reuse: tuple[list[VfioDevice], list[Flag]] | None = None,
+    ) -> tuple[QemuInstance, list[Flag]]:
+        """A paused QEMU, monitor connected, with fresh devices made from ``specs``
+        (default: the configuration's) or, with ``reuse``, devices another VM had."""
+        devices, flags = reuse if reuse is not None else self.devices(specs)
         qemu = QemuInstance(
             self.host, self.spec(), name, devices=devices, workdir=self.workdir,
             artifacts=self.artifacts, incoming=incoming,
@@ -128,35 +155,37 @@ class Testbed:
         self._stack.callback(qemu.shutdown)
         qemu.launch()
         self._record(f"pid {qemu.pid}")
+        self.vms.append((qemu, flags))
         return qemu, flags
 
-    def boot_cold(self, name: str) -> RunningVm:
+    def boot_cold(self, name: str, specs: Sequence[DeviceConfig] | None = None) -> RunningVm:
         """Launch paused, let the guest boot from scratch, and log into it."""
-        qemu, flags = self.launch(name)
+        qemu, flags = self.launch(name, specs=specs)
         qemu.start()
         guest = self.guest(qemu)
         ids = [a.device_id for a in qemu.devices]
         return RunningVm(qemu, guest, dict(zip(ids, flags)),
                          {i: fsm.vm_start_events(f) for i, f in zip(ids, flags)})
 
-    def boot(self, name: str = "source") -> RunningVm:
+    def boot(self, name: str = "source", specs: Sequence[DeviceConfig] | None = None) -> RunningVm:
         """A ready guest: restored from the booted-guest snapshot (made on first use)."""
-        snapshot = self.snapshot()
-        qemu, flags = self.launch(name, incoming=True)
+        snapshot = self.snapshot(specs)
+        qemu, flags = self.launch(name, incoming=True, specs=specs)
         restore_from_file(qemu, snapshot)
         guest = self.guest(qemu)
         ids = [a.device_id for a in qemu.devices]
         return RunningVm(qemu, guest, dict(zip(ids, flags)),
                          {i: fsm.destination_events(f) for i, f in zip(ids, flags)})
 
-    def snapshot(self) -> str:
-        """Path on the host of the booted-guest snapshot for this configuration."""
+    def snapshot(self, specs: Sequence[DeviceConfig] | None = None) -> str:
+        """Path on the host of the booted-guest snapshot for these devices."""
+        specs = self.config.devices if specs is None else specs
         directory = self.config.host.snapshot_dir or f"{self.config.host.workdir}/snapshots"
-        path = f"{directory}/guest-{snapshot_key(self.host, self.spec(), self.config.devices)}.mig"
+        path = f"{directory}/guest-{snapshot_key(self.host, self.spec(), specs)}.mig"
         if self.host.exists(path):
             return path
         # Cold boot once; the VM start walk is checked here since restores skip it.
-        vm = self.boot_cold("snapshot-maker")
+        vm = self.boot_cold("snapshot-maker", specs)
         for device_id, expected in vm.start_walk.items():
             check_walk(f"snapshot-maker {device_id} (VM start)", expected, vm.qemu.vfio_walk(device_id))
         vm.guest.close()
@@ -180,6 +209,39 @@ class Testbed:
         so a run killed too hard to clean up can be swept by :func:`sweep`."""
         self._lease.append(entry)
         self.host.write_file(f"{self.workdir}/lease", "\n".join(self._lease) + "\n")
+
+    def check_kernel(self) -> KernelCheck:
+        """Set every VM's VFIO_MIGRATION walk against the kernel's arcs so far.
+
+        Each device's calls are those of its QEMU process up to the moment we
+        began to stop that QEMU; QEMU's events are cut at the same moment.
+        """
+        if not self.kernel.available:
+            return KernelCheck(False, reason=self.kernel.reason)
+        calls = self.kernel.calls()
+        remote = f"{self.workdir}/kernel.trace"
+        self.kernel.save(remote)
+        fetch(self.host, remote, self.artifacts / "kernel.trace")
+        check = KernelCheck(True)
+        assert check.problems is not None and check.calls is not None
+        for qemu, flags in self.vms:
+            until = (qemu.ended_at + self.clock_offset) if qemu.ended_at else float("inf")
+            for attachment, device_flags in zip(qemu.devices, flags):
+                mine = [c for c in calls if c.tgid == qemu.pid and c.device == attachment.device.kernel_name
+                        and c.time <= until]
+                check.calls.setdefault(qemu.name, []).extend(mine)
+                where = f"{qemu.name} {attachment.device_id}"
+                check.problems += check_device(where, device_flags, mine,
+                                               qemu.vfio_walk(attachment.device_id, until=until))
+                state = debugfs_state(self.host, attachment.device.kernel_name) if qemu.running else None
+                walk = qemu.vfio_walk(attachment.device_id)
+                if state is not None and walk and state != walk[-1]:
+                    check.problems.append(f"{where}: debugfs says {state.name}, QEMU's last event "
+                                          f"{walk[-1].name}")
+        return check
+
+    def to_controller_clock(self, host_time: float) -> float:
+        return host_time - self.clock_offset
 
     def migration_uri(self) -> str:
         """Source and destination share the host: a unix socket needs no port."""
@@ -210,12 +272,25 @@ def sweep(config: Config, run: str) -> list[str]:
                     host.run(["sh", "-c", kill, "sh", what, workdir], check=False)
                 elif kind == "mdev" and host.exists(what):
                     host.run(["sh", "-c", 'echo 1 > "$1/remove"', "sh", what], check=False)
+                elif kind == "trace" and host.exists(what):
+                    stop_instance(host, what)
                 swept.append(f"{kind} {what}")
             host.remove_tree(workdir)
             swept.append(f"dir {workdir}")
     finally:
         host.close()
     return swept
+
+
+def _clock_offset(host: Host) -> float:
+    """The host's wall clock minus ours (a nested lab's clock drifts from the controller's)."""
+    before = time.time()
+    stamp = host.run(["date", "+%s.%N"], check=False).stdout.strip()
+    after = time.time()
+    try:
+        return float(stamp) - (before + after) / 2
+    except ValueError:
+        return 0.0
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

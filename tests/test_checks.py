@@ -3,7 +3,7 @@
 
 import pytest
 
-from qmp_mig.checks import CheckFailed, check_bytes, check_memory, check_walk
+from qmp_mig.checks import CheckFailed, check_bytes, check_memory, check_ordering, check_walk
 from qmp_mig.fsm import State
 
 
@@ -42,3 +42,17 @@ def test_bytes(observed: bytes, message: str) -> None:
     with pytest.raises(CheckFailed) as exc:
         check_bytes("mtty", b"\x01\x02\x03", observed)
     assert first_line(exc) == f"mtty: {message}"
+
+
+def test_ordering_passes_when_every_device_quiesces_before_any_stops() -> None:
+    walks = {"vfio0": [(1.0, State.PRE_COPY), (2.0, State.PRE_COPY_P2P), (4.0, State.STOP_COPY)],
+             "vfio1": [(1.1, State.PRE_COPY), (3.0, State.PRE_COPY_P2P), (4.1, State.STOP_COPY)]}
+    check_ordering("source", walks, {State.PRE_COPY_P2P, State.RUNNING_P2P}, {State.STOP, State.STOP_COPY})
+
+
+def test_ordering_names_the_late_device_and_the_early_mover() -> None:
+    walks = {"vfio0": [(1.0, State.PRE_COPY_P2P), (2.0, State.STOP_COPY)],
+             "vfio1": [(2.5, State.PRE_COPY_P2P), (3.0, State.STOP_COPY)]}
+    with pytest.raises(CheckFailed, match=r"^source: vfio1 reached PRE_COPY_P2P/RUNNING_P2P 500.0 ms "
+                                          r"after vfio0 had already moved on to STOP_COPY"):
+        check_ordering("source", walks, {State.PRE_COPY_P2P, State.RUNNING_P2P}, {State.STOP, State.STOP_COPY})

@@ -1,0 +1,248 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The base of every Avocado scenario: a testbed, the variant's QEMU options,
+the steps scenarios share, and what every test leaves behind.
+
+Parameters (``-p key=value`` or a variants YAML):
+  host_config      the host TOML (``qmp-mig run`` passes the lab's)
+  memory_mb, dirty_mb   override the configuration's [workload]
+  capabilities     table of migration capabilities for both sides
+  parameters       table of migrate-set-parameters for both sides
+  device_options   table of vfio-pci properties added to every device
+(the tables come from a variants YAML: a mapping with that name under a variant)
+
+At the end of each test, pass or fail, the test's artifacts directory gets
+``timeline.txt``/``.svg``/``.json`` (QMP commands and replies, events, the
+kernel's arcs and guest-agent marks, source and destination side by side)
+next to each QEMU's transcript, stderr and console.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from avocado import Test
+
+from . import config as configuration
+from . import fsm
+from .agents import MTTY_PATTERN, MemoryAgent, MttyAgent
+from .checks import CheckFailed, check_bytes, check_equal, check_memory, check_walk
+from .config import DeviceConfig
+from .fsm import State
+from .migration import Migration, MigrationResult
+from .testbed import KernelCheck, RunningVm, Testbed
+from .timeline import Mark, marks_from_events, marks_from_transcript, write_timeline
+
+
+class MigrationTest(Test):
+    """Shared set-up and steps; scenario classes add ``test_*`` methods."""
+
+    def setUp(self) -> None:
+        path = self.params.get("host_config", default=os.environ.get("QMP_MIG_HOST_CONFIG"))
+        if not path:
+            self.cancel("no host_config parameter (qmp-mig run passes the lab's)")
+        config = configuration.load(path)
+        options = {k: str(v) for k, v in _table(self.params, "device_options").items()}
+        if options:
+            config = dataclasses.replace(config, devices=tuple(
+                dataclasses.replace(d, options={**d.options, **options}) for d in config.devices))
+        self.config = config
+        self.artifacts = Path(self.logdir) / "artifacts"
+        self.marks: list[Mark] = []
+        self.kernel_check: KernelCheck | None = None
+        self.bed = Testbed(config, self.artifacts)
+        workload = config.workload
+        self.memory_mb = int(self.params.get("memory_mb", default=workload.memory_mb))
+        self.dirty_mb = int(self.params.get("dirty_mb", default=workload.dirty_mb))
+        self.agent_timeout = float(workload.agent_timeout)
+        self.capabilities = {k: bool(v) for k, v in _table(self.params, "capabilities").items()}
+        self.parameters: dict[str, Any] = _table(self.params, "parameters")
+        if self.capabilities or self.parameters or options:
+            self.log.info("variant: capabilities %s, parameters %s, device options %s",
+                          self.capabilities, self.parameters, options)
+        if not self.bed.kernel.available:
+            self.log.warning("kernel cross-check off on this host: %s", self.bed.kernel.reason)
+
+    def tearDown(self) -> None:
+        if not hasattr(self, "bed"):
+            return
+        try:
+            if self.kernel_check is None and self.bed.kernel.available:
+                self.kernel_check = self.bed.check_kernel()  # for the timeline only
+        finally:
+            vms = [qemu.name for qemu, _ in self.bed.vms]
+            self.bed.close()  # QEMUs quit here and their transcripts land in artifacts
+            self.write_timeline(vms)
+
+    # --- marks and the timeline -------------------------------------------------
+
+    def mark(self, vm: str, text: str, kind: str = "guest", failed: bool = False) -> None:
+        self.marks.append(Mark(time.time(), vm, kind, text, failed))
+        self.log.info("%s: %s", vm, text)
+
+    def write_timeline(self, vms: list[str]) -> None:
+        marks = list(self.marks)
+        for name in vms:
+            transcript = self.artifacts / f"{name}.qmp.jsonl"
+            events = self.artifacts / f"{name}.events.json"
+            if transcript.exists():
+                marks += [m for m in marks_from_transcript(transcript) if m.kind != "event"]
+            if events.exists():
+                marks += marks_from_events(events, offset=self.bed.clock_offset)
+        if self.kernel_check is not None:
+            marks += self._kernel_marks(self.kernel_check)
+        if marks:
+            write_timeline(marks, self.artifacts)
+
+    def _kernel_marks(self, check: KernelCheck) -> list[Mark]:
+        names = {a.device.kernel_name: a.device_id for qemu, _ in self.bed.vms for a in qemu.devices}
+        marks = []
+        for vm, calls in (check.calls or {}).items():
+            for call in calls:
+                cur, new = _state_name(call.cur), _state_name(call.new)
+                failed = call.ret is not None and call.ret < 0
+                marks.append(Mark(self.bed.to_controller_clock(call.time), vm, "kernel",
+                                  f"{names.get(call.device, call.device)} {cur} (to {new})"
+                                  + (f" refused {call.ret}" if failed else ""), failed))
+        return marks
+
+    # --- steps ----------------------------------------------------------------------
+
+    def memory(self, vm: RunningVm) -> MemoryAgent:
+        return MemoryAgent(vm.guest, timeout=self.agent_timeout)
+
+    def load_guest(self, vm: RunningVm) -> dict[str, bytes]:
+        """Start the memory agent and put known bytes into every mtty FIFO."""
+        started = self.memory(vm).start(self.memory_mb, self.dirty_mb)
+        self.mark(vm.qemu.name, f"memory agent started: {started['pages']} pages, "
+                  f"{started['dirty_pages']} rewritten continuously")
+        fifo = {}
+        mtty = MttyAgent(vm.guest)
+        for port in mtty.ports():
+            mtty.write(port, MTTY_PATTERN)
+            fifo[f"{port.bdf}/{port.index}"] = MTTY_PATTERN
+        if fifo:
+            self.mark(vm.qemu.name, f"mtty FIFOs loaded: {', '.join(sorted(fifo))}")
+        return fifo
+
+    def verify_guest(self, vm: RunningVm, fifo: dict[str, bytes], where: str) -> None:
+        report = self.memory(vm).verify()
+        self.mark(vm.qemu.name, f"memory verified: {report['pages']} pages, {report['rewrites']} "
+                  f"rewrites during the run, {report['bad_pages']} bad", failed=report["bad_pages"] > 0)
+        check_memory(where, report)
+        agent = MttyAgent(vm.guest)
+        for port in agent.ports():
+            key = f"{port.bdf}/{port.index}"
+            observed = agent.read(port)
+            self.mark(vm.qemu.name, f"mtty {key} read back {len(observed)} bytes",
+                      failed=observed != fifo.get(key))
+            check_bytes(f"{where}: mtty {key}", fifo[key], observed)
+
+    def start_migration(self, source: RunningVm, name: str = "destination", *,
+                        specs: Sequence[DeviceConfig] | None = None, **overrides: Any) -> Migration:
+        """Launch a destination (fresh devices from ``specs``, default the configuration's)
+        and start migrating into it with the variant's options plus ``overrides``."""
+        destination, _ = self.bed.launch(name, incoming=True, specs=specs)
+        migration = Migration(
+            source.qemu, destination, uri=self.bed.migration_uri(),
+            capabilities={**self.capabilities, **overrides.get("capabilities", {})},
+            parameters={**self.parameters, **overrides.get("parameters", {})},
+        )
+        migration.start()
+        return migration
+
+    def finish_migration(self, source: RunningVm, migration: Migration,
+                         timeout: float = 600) -> tuple[RunningVm, MigrationResult]:
+        result = migration.wait(timeout=timeout)
+        self.log.info("migration %s", result.summary())
+        self.whiteboard = result.summary()
+        check_equal("migration", "status", "completed", f"{result.status} {result.error}".strip())
+        destination = migration.destination
+        guest = self.bed.guest(destination)
+        start = {d: fsm.destination_events(f) for d, f in source.flags.items()}
+        return RunningVm(destination, guest, source.flags, start), result
+
+    def migrate(self, source: RunningVm, name: str = "destination",
+                **overrides: Any) -> tuple[RunningVm, MigrationResult]:
+        return self.finish_migration(source, self.start_migration(source, name, **overrides))
+
+    def throttled(self, source: RunningVm, name: str) -> Migration:
+        """A migration slowed to 1 MiB/s, so that whatever we do to it lands while
+        RAM is still being copied; waits until it is active."""
+        migration = self.start_migration(source, name, parameters={"max-bandwidth": 1 << 20})
+        migration.wait_for_status("active", timeout=120)
+        return migration
+
+    def check_recovered(self, source: RunningVm, migration: Migration, status: str,
+                        fifo: dict[str, bytes], boot_walk: dict[str, list[State]]) -> RunningVm:
+        """After a migration that did not complete: it ended ``status``, the source
+        device walked back to running and the guest runs on; then a migration with
+        the variant's own options succeeds and the guest is whole."""
+        result = migration.wait(timeout=120)
+        self.mark(source.qemu.name, f"migration ended {result.status}: {result.error}", kind="note")
+        check_equal("failed migration", "status", status, result.status)
+        for device_id, flags in source.flags.items():
+            walk = source.qemu.vfio_walk(device_id)[len(boot_walk[device_id]):]
+            check_walk(f"{source.qemu.name} {device_id} (after {status})",
+                       fsm.source_events(flags, "cancelled"), walk)
+        check_equal(f"{source.qemu.name} after {status}", "run state", "running", source.qemu.status())
+        agent = self.memory(source).status()
+        check_equal(f"{source.qemu.name} after {status}", "memory agent alive", True, agent.get("alive"))
+        self.check_kernel()
+        destination, _ = self.migrate(source, name="recovery-destination",
+                                      parameters={"max-bandwidth": self._bandwidth(source)})
+        check_equal("recovery destination", "run state", "running", destination.qemu.status())
+        self.verify_guest(destination, fifo, f"after {status} + recovery migration")
+        self.check_kernel()
+        return destination
+
+    def _bandwidth(self, vm: RunningVm) -> int:
+        """The variant's bandwidth, else QEMU's default (a throttled attempt changed it)."""
+        return int(self.parameters.get("max-bandwidth", 128 << 20))
+
+    def check_migrated_walks(self, source: RunningVm, destination: RunningVm) -> None:
+        """Both sides of a completed migration walked as the model says."""
+        for device_id, flags in source.flags.items():
+            check_walk(f"{source.qemu.name} {device_id}",
+                       source.expected_walk(device_id, fsm.source_events(flags)),
+                       source.qemu.vfio_walk(device_id))
+            check_walk(f"{destination.qemu.name} {device_id}", fsm.destination_events(flags),
+                       destination.qemu.vfio_walk(device_id))
+
+    def check_kernel(self) -> None:
+        """The kernel's arcs for every VM so far agree with the FSM and with QEMU."""
+        check = self.bed.check_kernel()
+        self.kernel_check = check
+        if not check.available:
+            self.log.warning("kernel cross-check skipped: %s", check.reason)
+            return
+        calls = sum(len(c) for c in (check.calls or {}).values())
+        self.log.info("kernel cross-check: %d calls of vfio_mig_get_next_state", calls)
+        if check.problems:
+            raise CheckFailed("\n".join(check.problems))
+
+    def known_issue(self, scenario: str) -> str | None:
+        """Why this scenario is expected to fail with the configured devices, if it is."""
+        reasons = [d.known_issues[scenario] for d in self.config.devices if scenario in d.known_issues]
+        return "; ".join(reasons) or None
+
+
+def _table(params: Any, name: str) -> dict[str, Any]:
+    """A variant's table: the keys of every parameter node named ``name``
+    (a YAML mapping under a variant becomes such a node)."""
+    table: dict[str, Any] = {}
+    for path, key, value in params.iteritems():
+        if str(path).rstrip("/").rsplit("/", 1)[-1] == name:
+            table[str(key)] = value
+    return table
+
+
+def _state_name(value: int) -> str:
+    try:
+        return State(value).name
+    except ValueError:
+        return f"<{value}>"
