@@ -84,3 +84,71 @@ class Failures(MigrationTest):
                                 {d: fsm.destination_events(f) for d, f in source.flags.items()})
         self.verify_guest(destination, fifo, "destination with reused devices")
         self.check_kernel()
+
+    def test_cancel_setup(self) -> None:
+        """migrate_cancel while the migration is still in setup: held there by a
+        destination socket whose listen queue is full, so QEMU's connect blocks."""
+        source = self.bed.boot("source")
+        fifo = self.load_guest(source)
+        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        path = f"{self.bed.workdir}/full-listener.sock"
+        listener = self.bed.host.spawn(["python3", "-c", FULL_LISTENER, path],
+                                       stderr_path=f"{self.bed.workdir}/full-listener.stderr")
+        try:
+            listener.stream.settimeout(30)
+            check_equal("listener", "listen queue", b"full", listener.stream.recv(16).strip())
+            qmp = source.qemu.monitor
+            mark = len(qmp.events)
+            qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+            qmp.execute("migrate", {"uri": f"unix:{path}"})
+            qmp.wait_event("MIGRATION", timeout=60, since=mark, match=lambda e: e.data.get("status") == "setup")
+            check_equal(source.qemu.name, "status while connecting", "setup",
+                        qmp.execute("query-migrate").get("status"))
+            qmp.execute("migrate_cancel")
+            qmp.wait_event("MIGRATION", timeout=60, since=mark,
+                           match=lambda e: e.data.get("status") == "cancelled")
+            self.mark(source.qemu.name, "cancelled in setup", kind="note")
+            # QEMU's connect thread is still blocked: freeing it fails that attempt.
+            mark = len(qmp.events)
+        finally:
+            listener.kill()
+        qmp.wait_event("MIGRATION", timeout=60, since=mark, match=lambda e: e.data.get("status") == "failed")
+        self.check_recovered(source, None, "cancelled", fifo, boot_walk, outcome="")
+
+    def test_cancel_device_phase(self) -> None:
+        """migrate_cancel with the source VM stopped and its devices in STOP_COPY
+        (held at pre-switchover): the devices walk back to RUNNING as the VM restarts."""
+        source = self.bed.boot("source")
+        fifo = self.load_guest(source)
+        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        migration = self.paused_at_switchover(source, "cancelled-destination")
+        migration.cancel()
+        self.check_recovered(source, migration, "cancelled", fifo, boot_walk, outcome="cancelled-stopped")
+
+    def test_destination_killed_device_phase(self) -> None:
+        """The destination dies while the source VM is stopped for the switchover;
+        the switchover then fails and the source VM and devices run again."""
+        source = self.bed.boot("source")
+        fifo = self.load_guest(source)
+        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        migration = self.paused_at_switchover(source, "killed-destination")
+        migration.destination.kill()
+        self.mark("killed-destination", "destination QEMU killed", kind="note")
+        source.qemu.monitor.execute("migrate-continue", {"state": "pre-switchover"})
+        self.check_recovered(source, migration, "failed", fifo, boot_walk, outcome="cancelled-stopped")
+
+
+# A unix socket whose listen queue is already full: a connect to it blocks.
+FULL_LISTENER = """
+import socket, sys, time
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen(0)
+held = socket.socket(socket.AF_UNIX)
+held.setblocking(False)
+held.connect_ex(sys.argv[1])
+probe = socket.socket(socket.AF_UNIX)
+probe.setblocking(False)
+print("full" if probe.connect_ex(sys.argv[1]) != 0 else "room", flush=True)
+time.sleep(3600)
+"""

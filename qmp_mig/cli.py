@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if booted_here:
             lab.down(say)
     console.print(summary_table(jobs))
-    report = write_run_report(run_dir, jobs, title=f"qmp-mig suite {args.suite!r}")
+    report = write_run_report(run_dir, jobs, title=f"suite {args.suite}")
     say(f"total wall time {time.monotonic() - started:.0f} s")
     say(f"HTML report: {report}")
     print(f"results: {run_dir}")

@@ -226,14 +226,20 @@ def vm_start_events(flags: Flag, current: State = S.RUNNING) -> list[State]:
 def source_events(flags: Flag, outcome: str = "completed") -> list[State]:
     """Source-side requests for one migration.
 
-    ``outcome`` is ``"completed"`` or ``"cancelled"`` (cancel or failure while
-    the guest still runs, i.e. during setup or the iterative RAM phase).
+    ``outcome`` is ``"completed"``, ``"cancelled"`` (cancel or failure while
+    the guest still runs, i.e. during the iterative RAM phase) or
+    ``"cancelled-stopped"`` (cancel or failure after the source VM stopped for
+    the switchover: the devices reached the stop-copy side, then the VM starts
+    again).
     """
     precopy = S.PRE_COPY if Flag.PRE_COPY in flags else S.RUNNING
     if outcome == "cancelled":
         return _requests(S.RUNNING, [precopy, S.RUNNING])
+    if outcome == "cancelled-stopped":
+        stopped = source_events(flags)[:-1]  # up to STOP_COPY, without the cleanup STOP
+        return [*stopped, *vm_start_events(flags, current=stopped[-1])]
     if outcome != "completed":
-        raise ValueError(f"unknown outcome {outcome!r}; expected completed or cancelled")
+        raise ValueError(f"unknown outcome {outcome!r}; expected completed, cancelled or cancelled-stopped")
     steps = [precopy]
     if Flag.P2P in flags:  # quiesce peer-to-peer before anything stops
         steps.append(S.PRE_COPY_P2P if precopy == S.PRE_COPY else S.RUNNING_P2P)

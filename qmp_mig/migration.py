@@ -10,6 +10,7 @@ statistics are kept for the report.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,10 @@ def restore_from_file(vm: QemuInstance, path: str, timeout: float = 600) -> None
     vm.monitor.wait_event("RESUME", timeout=timeout, since=since)
 
 
+def _device_running(device_id: str) -> Callable[[Event], bool]:
+    return lambda e: e.data.get("device-id") == device_id and e.data.get("device-state") == "running"
+
+
 class Migration:
     """One migration attempt. ``start()``, then ``wait()`` (or ``cancel()``)."""
 
@@ -132,6 +137,12 @@ class Migration:
             self.destination.monitor.wait_event(
                 "RESUME", timeout=timeout, since=self._destination_mark
             )
+            # Each device's last request (RUNNING) can come just after RESUME.
+            for attachment in self.destination.devices:
+                self.destination.monitor.wait_event(
+                    "VFIO_MIGRATION", timeout=timeout, since=self._destination_mark,
+                    match=_device_running(attachment.device_id),
+                )
         return MigrationResult(
             status=status,
             error=str(info.get("error-desc", "")),

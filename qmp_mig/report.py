@@ -171,7 +171,7 @@ _TEMPLATE = """\
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>qmp-mig job {{ short_id }}: {{ verdict }}</title>
+<title>qmp-mig {{ short_id }}: {{ verdict }}</title>
 <style>
 :root { --pass: #1a7f37; --fail: #cf222e; --error: #a40e26; --skip: #6e7781; --cancel: #6e7781;
         --warn: #9a6700; --interrupt: #8250df; --unknown: #57606a; --line: #d0d7de; --soft: #f6f8fa; }
@@ -223,7 +223,7 @@ footer { color: #8c959f; font-size: .8rem; margin-top: 2rem; }
 </head>
 <body>
 <header>
-<h1>qmp-mig job <code>{{ short_id }}</code></h1>
+<h1>qmp-mig <code>{{ short_id }}</code></h1>
 <p class="meta">{{ job_name }}{% if job_id %} · id <code>{{ job_id }}</code>{% endif %}{% if start %} · started {{ start }}{% endif %} · {{ total_time }}</p>
 <div class="counts">
 <div class="count"><b>{{ total }}</b>tests</div>
@@ -324,7 +324,7 @@ def write_run_report(directory: Path, jobs: list[Path], title: str = "") -> Path
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
     )
     html = environment.from_string(_TEMPLATE).render(
-        short_id=title or (name.rsplit("-", 1)[-1] if name.startswith("job-") else name),
+        short_id=title or ("job " + name.rsplit("-", 1)[-1] if name.startswith("job-") else name),
         job_name=name,
         job_id=str(first.get("job_id") or "") if len(jobs) == 1 else f"{len(jobs)} Avocado jobs",
         start=str(first.get("start") or "").split(".", 1)[0],

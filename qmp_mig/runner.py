@@ -91,6 +91,10 @@ def run_suite(
     return status, jobs
 
 
+def _clip(text: str, width: int = 160) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def expected_failure(test: dict[str, Any]) -> bool:
     """Scenarios report a known device bug by cancelling with this prefix."""
     return test.get("status") == "CANCEL" and str(test.get("fail_reason", "")).startswith("expected failure")
@@ -113,6 +117,6 @@ def summary_table(jobs: list[Path]) -> Table:
             name.replace(";", " "),
             f"[{colours.get(status, 'white')}]{status}[/]",
             f"{test.get('time_elapsed', 0):.1f} s",
-            detail[0] if detail else "",
+            _clip(detail[0]) if detail else "",
         )
     return table

@@ -177,23 +177,40 @@ class MigrationTest(Test):
         migration.wait_for_status("active", timeout=120)
         return migration
 
-    def check_recovered(self, source: RunningVm, migration: Migration, status: str,
-                        fifo: dict[str, bytes], boot_walk: dict[str, list[State]]) -> RunningVm:
+    def paused_at_switchover(self, source: RunningVm, name: str) -> Migration:
+        """A migration held at pre-switchover (pause-before-switchover): the source VM
+        is stopped and its devices are on the stop-copy side, waiting for us."""
+        migration = self.start_migration(source, name, capabilities={"pause-before-switchover": True})
+        migration.wait_for_status("pre-switchover", timeout=600)
+        self.mark(source.qemu.name, "paused before switchover", kind="note")
+        for device_id, flags in source.flags.items():
+            stopped = fsm.source_events(flags)[:-1]
+            walk = source.qemu.vfio_walk(device_id)
+            check_walk(f"{source.qemu.name} {device_id} (at pre-switchover)", stopped, walk[-len(stopped):])
+        return migration
+
+    def check_recovered(self, source: RunningVm, migration: Migration | None, status: str,
+                        fifo: dict[str, bytes], boot_walk: dict[str, list[State]],
+                        outcome: str = "cancelled") -> RunningVm:
         """After a migration that did not complete: it ended ``status``, the source
-        device walked back to running and the guest runs on; then a migration with
-        the variant's own options succeeds and the guest is whole."""
-        result = migration.wait(timeout=120)
-        self.mark(source.qemu.name, f"migration ended {result.status}: {result.error}", kind="note")
-        check_equal("failed migration", "status", status, result.status)
+        devices walked back to running as the model's ``outcome`` says and the guest
+        runs on; then a migration with the variant's own options succeeds and the
+        guest is whole. ``migration`` None: the caller has already seen it end."""
+        if migration is not None:
+            result = migration.wait(timeout=120)
+            self.mark(source.qemu.name, f"migration ended {result.status}: {result.error}", kind="note")
+            check_equal("failed migration", "status", status, result.status)
         for device_id, flags in source.flags.items():
             walk = source.qemu.vfio_walk(device_id)[len(boot_walk[device_id]):]
             check_walk(f"{source.qemu.name} {device_id} (after {status})",
-                       fsm.source_events(flags, "cancelled"), walk)
+                       fsm.source_events(flags, outcome) if outcome else [], walk)
         check_equal(f"{source.qemu.name} after {status}", "run state", "running", source.qemu.status())
         agent = self.memory(source).status()
         check_equal(f"{source.qemu.name} after {status}", "memory agent alive", True, agent.get("alive"))
         self.check_kernel()
+        # The failed attempt's own settings stay on the source: put the variant's back.
         destination, _ = self.migrate(source, name="recovery-destination",
+                                      capabilities={"pause-before-switchover": False},
                                       parameters={"max-bandwidth": self._bandwidth(source)})
         check_equal("recovery destination", "run state", "running", destination.qemu.status())
         self.verify_guest(destination, fifo, f"after {status} + recovery migration")

@@ -107,3 +107,13 @@ def test_flag_parsing() -> None:
     assert Flag.parse("stop_copy|P2P, pre_copy") == Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY
     with pytest.raises(ValueError, match="unknown migration flag 'DIRTY'"):
         Flag.parse("STOP_COPY|DIRTY")
+
+
+def test_source_walk_when_cancelled_after_the_vm_stopped() -> None:
+    S = State
+    # Seen in the lab with mtty: cancel at pre-switchover (VM stopped, device in STOP_COPY).
+    mtty = Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY
+    assert fsm.source_events(mtty, "cancelled-stopped") == [
+        S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY, S.RUNNING_P2P, S.RUNNING]
+    # Without P2P or pre-copy: STOP, STOP_COPY, then straight back to RUNNING.
+    assert fsm.source_events(Flag.STOP_COPY, "cancelled-stopped") == [S.STOP, S.STOP_COPY, S.RUNNING]
