@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from qemu.qmp import EventListener, ExecuteError, QMPClient
+from qemu.qmp import EventListener, ExecuteError, QMPClient, Runstate
 
 T = TypeVar("T")
 
@@ -76,6 +76,7 @@ class QmpSession:
     _events: list[Event] = field(default_factory=list, init=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, init=False)
     _pump_task: Future[None] | None = field(default=None, init=False)
+    _gone: bool = field(default=False, init=False)  # the monitor connection closed
 
     @classmethod
     def connect(cls, name: str, stream: socket.socket, transcript: Path, timeout: float = 30) -> QmpSession:
@@ -85,6 +86,7 @@ class QmpSession:
         session._client.register_listener(listener)
         _call(session._client.connect(stream), timeout)
         session._pump_task = asyncio.run_coroutine_threadsafe(session._pump(listener), _reactor())
+        asyncio.run_coroutine_threadsafe(session._watch(listener), _reactor())
         session._log("greeting", session._client.greeting or {})
         return session
 
@@ -102,6 +104,18 @@ class QmpSession:
             with self._changed:
                 self._events.append(event)
                 self._changed.notify_all()
+
+    async def _watch(self, listener: EventListener) -> None:
+        """Wake waiters when QEMU's end of the monitor closes (QEMU exited or crashed),
+        once the events it sent before are all recorded."""
+        while self._client.runstate == Runstate.RUNNING:
+            await self._client.runstate_changed()
+        while not listener.empty():
+            await asyncio.sleep(0.01)
+        self._log("closed", {"runstate": str(self._client.runstate)})
+        with self._changed:
+            self._gone = True
+            self._changed.notify_all()
 
     def _log(self, kind: str, message: Any) -> None:
         record = {"t": time.time(), "vm": self.name, "kind": kind, "message": message}
@@ -141,6 +155,9 @@ class QmpSession:
                 for event in self._events[since:]:
                     if event.name == name and match(event):
                         return event
+                if self._gone:
+                    raise QmpError(self.name, f"waiting for {name}",
+                                   "QEMU closed its monitor (exited or crashed) before the event came")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     seen = ", ".join(e.name for e in self._events[since:][-8:]) or "none"
