@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -109,9 +108,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _sweep(config: Path, run_id: str) -> None:
     """Whatever a test killed too hard to clean up after itself left behind."""
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         for item in sweep(load_config(config), run_id):
             say(f"[yellow]cleaned up after an interrupted test:[/] {item}")
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 - an unreachable host must not hide the results
+        say(f"[red]could not sweep the host after the run:[/] {exc}")
 
 
 def parser() -> argparse.ArgumentParser:
