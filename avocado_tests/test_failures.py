@@ -23,9 +23,7 @@ class Failures(MigrationTest):
 
     def test_cancel_active(self) -> None:
         """migrate_cancel while RAM is being copied (status active)."""
-        source = self.bed.boot("source")
-        fifo = self.load_guest(source)
-        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        source, fifo, boot_walk = self.loaded_source()
         migration = self.throttled(source, "cancelled-destination")
         migration.cancel()
         migration.wait_destination_failed()
@@ -36,9 +34,7 @@ class Failures(MigrationTest):
 
     def test_destination_killed_precopy(self) -> None:
         """The destination QEMU dies (SIGKILL) while RAM is being copied."""
-        source = self.bed.boot("source")
-        fifo = self.load_guest(source)
-        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        source, fifo, boot_walk = self.loaded_source()
         migration = self.throttled(source, "killed-destination")
         migration.destination.kill()
         self.mark("killed-destination", "destination QEMU killed", kind="note")
@@ -47,9 +43,7 @@ class Failures(MigrationTest):
     def test_connection_cut(self) -> None:
         """The migration connection is cut mid-stream (QMP ``yank`` of the migration
         channel: the sockets are shut down as by a network failure)."""
-        source = self.bed.boot("source")
-        fifo = self.load_guest(source)
-        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        source, fifo, boot_walk = self.loaded_source()
         migration = self.throttled(source, "cut-destination")
         source.qemu.monitor.execute("yank", {"instances": [{"type": "migration"}]})
         self.mark(source.qemu.name, "migration connection yanked", kind="note")
@@ -71,7 +65,7 @@ class Failures(MigrationTest):
         reuse = Migration(source.qemu, self.bed.launch("reusing-destination", incoming=True,
                                                        reuse=(devices, used))[0],
                           uri=self.bed.migration_uri(), capabilities=self.capabilities,
-                          parameters={**self.parameters, "max-bandwidth": self._bandwidth(source)})
+                          parameters={**self.parameters, "max-bandwidth": self.bandwidth()})
         reuse.start()
         outcome = reuse.wait(timeout=300)
         known = self.known_issue("reuse-after-failure")
@@ -90,9 +84,7 @@ class Failures(MigrationTest):
     def test_cancel_setup(self) -> None:
         """migrate_cancel while the migration is still in setup: held there by a
         destination socket whose listen queue is full, so QEMU's connect blocks."""
-        source = self.bed.boot("source")
-        fifo = self.load_guest(source)
-        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        source, fifo, boot_walk = self.loaded_source()
         path = f"{self.bed.workdir}/full-listener.sock"
         listener = self.bed.host.spawn(["python3", "-c", FULL_LISTENER, path],
                                        stderr_path=f"{self.bed.workdir}/full-listener.stderr")
@@ -126,9 +118,7 @@ class Failures(MigrationTest):
     def test_cancel_device_phase(self) -> None:
         """migrate_cancel with the source VM stopped and its devices in STOP_COPY
         (held at pre-switchover): the devices walk back to RUNNING as the VM restarts."""
-        source = self.bed.boot("source")
-        fifo = self.load_guest(source)
-        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        source, fifo, boot_walk = self.loaded_source()
         migration = self.paused_at_switchover(source, "cancelled-destination")
         migration.cancel()
         self.check_recovered(source, migration, "cancelled", fifo, boot_walk, outcome="cancelled-stopped")
@@ -136,9 +126,7 @@ class Failures(MigrationTest):
     def test_destination_killed_device_phase(self) -> None:
         """The destination dies while the source VM is stopped for the switchover;
         the switchover then fails and the source VM and devices run again."""
-        source = self.bed.boot("source")
-        fifo = self.load_guest(source)
-        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        source, fifo, boot_walk = self.loaded_source()
         migration = self.paused_at_switchover(source, "killed-destination")
         migration.destination.kill()
         self.mark("killed-destination", "destination QEMU killed", kind="note")

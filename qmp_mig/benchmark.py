@@ -14,6 +14,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -24,9 +25,8 @@ from .migration import Migration
 from .testbed import Testbed
 
 
-def _timed(what: str, rows: list[tuple[str, str]], action: object) -> float:
+def _timed(what: str, rows: list[tuple[str, str]], action: Callable[[], None]) -> float:
     started = time.monotonic()
-    assert callable(action)
     action()
     seconds = time.monotonic() - started
     rows.append((what, f"{seconds:.1f} s"))

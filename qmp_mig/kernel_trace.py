@@ -164,9 +164,9 @@ def check_device(where: str, flags: Flag, calls: Sequence[KernelCall],
                     f"{where}: kernel walked {request.describe()} for a request of {_name(target)}; "
                     f"the model's shortest path is {'->'.join(s.name for s in shortest) or 'none'}")
     kernel_view = [r.target for r in walked if r.ok]
-    if list(kernel_view) != list(qemu_walk):
+    if kernel_view != list(qemu_walk):
         difference = fsm.first_difference(
-            [s for s in qemu_walk], [s for s in kernel_view if isinstance(s, State)]
+            list(qemu_walk), [s for s in kernel_view if isinstance(s, State)]
         ) or "unknown states in the kernel's walk"
         problems.append(
             f"{where}: QEMU and the kernel disagree at {difference.replace('expected', 'QEMU').replace('observed', 'kernel')}\n"

@@ -48,6 +48,12 @@ class _Test:
     logdir_found: bool = False
 
 
+def expected_failure(record: dict[str, Any]) -> bool:
+    """A scenario reports a known device bug by cancelling with this prefix
+    (see MigrationTest.known_issue in qmp_mig/scenario.py)."""
+    return record.get("status") == "CANCEL" and str(record.get("fail_reason", "")).startswith("expected failure")
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
@@ -120,8 +126,8 @@ def _test(job: Path, index: int, record: dict[str, Any], base: Path | None = Non
     status = str(record.get("status") or "UNKNOWN").upper()
     fail_reason = str(record.get("fail_reason") or "")
     fail_reason = "" if fail_reason.strip() in _NO_REASON else fail_reason.strip()
-    if status == "CANCEL" and fail_reason.startswith("expected failure"):
-        status = "XFAIL"  # a scenario reporting a known device bug (see qmp_mig/scenario.py)
+    if expected_failure(record):
+        status = "XFAIL"
     logdir = _logdir(job, record.get("logdir"))
     whiteboard = str(record.get("whiteboard") or "").strip()
     if not whiteboard and logdir:

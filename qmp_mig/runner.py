@@ -15,12 +15,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from .images import REPO
+from .report import expected_failure
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,6 @@ def run_suite(
 
 def _clip(text: str, width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def expected_failure(test: dict[str, Any]) -> bool:
-    """Scenarios report a known device bug by cancelling with this prefix."""
-    return test.get("status") == "CANCEL" and str(test.get("fail_reason", "")).startswith("expected failure")
 
 
 def summary_table(jobs: list[Path]) -> Table:

@@ -101,7 +101,7 @@ class MigrationTest(Test):
     def _kernel_marks(self, check: KernelCheck) -> list[Mark]:
         names = {a.device.kernel_name: a.device_id for qemu, _ in self.bed.vms for a in qemu.devices}
         marks = []
-        for vm, calls in (check.calls or {}).items():
+        for vm, calls in check.calls.items():
             for call in calls:
                 cur, new = _state_name(call.cur), _state_name(call.new)
                 failed = call.ret is not None and call.ret < 0
@@ -128,6 +128,13 @@ class MigrationTest(Test):
         if fifo:
             self.mark(vm.qemu.name, f"mtty FIFOs loaded: {', '.join(sorted(fifo))}")
         return fifo
+
+    def loaded_source(self) -> tuple[RunningVm, dict[str, bytes], dict[str, list[State]]]:
+        """A ready source with the guest loaded, and each device's walk so far
+        (for scenarios that then check only what the migration attempt added)."""
+        source = self.bed.boot("source")
+        fifo = self.load_guest(source)
+        return source, fifo, {d: source.qemu.vfio_walk(d) for d in source.flags}
 
     def verify_guest(self, vm: RunningVm, fifo: dict[str, bytes], where: str) -> None:
         report = self.memory(vm).verify()
@@ -211,13 +218,13 @@ class MigrationTest(Test):
         # The failed attempt's own settings stay on the source: put the variant's back.
         destination, _ = self.migrate(source, name="recovery-destination",
                                       capabilities={"pause-before-switchover": False},
-                                      parameters={"max-bandwidth": self._bandwidth(source)})
+                                      parameters={"max-bandwidth": self.bandwidth()})
         check_equal("recovery destination", "run state", "running", destination.qemu.status())
         self.verify_guest(destination, fifo, f"after {status} + recovery migration")
         self.check_kernel()
         return destination
 
-    def _bandwidth(self, vm: RunningVm) -> int:
+    def bandwidth(self) -> int:
         """The variant's bandwidth, else QEMU's default (a throttled attempt changed it)."""
         return int(self.parameters.get("max-bandwidth", 128 << 20))
 
@@ -237,7 +244,7 @@ class MigrationTest(Test):
         if not check.available:
             self.log.warning("kernel cross-check skipped: %s", check.reason)
             return
-        calls = sum(len(c) for c in (check.calls or {}).values())
+        calls = sum(len(c) for c in check.calls.values())
         self.log.info("kernel cross-check: %d calls of vfio_mig_get_next_state", calls)
         if check.problems:
             raise CheckFailed("\n".join(check.problems))

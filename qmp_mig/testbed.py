@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -45,12 +45,8 @@ class KernelCheck:
 
     available: bool
     reason: str = ""
-    problems: list[str] | None = None
-    calls: dict[str, list[KernelCall]] | None = None  # VM name -> its devices' calls
-
-    def __post_init__(self) -> None:
-        self.problems = self.problems or []
-        self.calls = self.calls or {}
+    problems: list[str] = field(default_factory=list)
+    calls: dict[str, list[KernelCall]] = field(default_factory=dict)  # VM name -> its devices' calls
 
 
 @dataclass
@@ -223,7 +219,6 @@ class Testbed:
         self.kernel.save(remote)
         fetch(self.host, remote, self.artifacts / "kernel.trace")
         check = KernelCheck(True)
-        assert check.problems is not None and check.calls is not None
         for qemu, flags in self.vms:
             until = (qemu.ended_at + self.clock_offset) if qemu.ended_at else float("inf")
             for attachment, device_flags in zip(qemu.devices, flags):

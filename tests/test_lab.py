@@ -21,6 +21,7 @@ from qmp_mig.faults import corrupt_guest_word
 from qmp_mig.fsm import State
 from qmp_mig.kernel_trace import check_device
 from qmp_mig.migration import Migration
+from qmp_mig.report import expected_failure
 from qmp_mig.testbed import Testbed, connect
 
 pytestmark = pytest.mark.lab
@@ -61,8 +62,7 @@ def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
         print(f"  {t['name'].rsplit(':', 1)[-1]}: {t['status']} {t['time_elapsed']:.0f} s "
               f"{t.get('whiteboard') or ''} {t.get('fail_reason') if t['status'] != 'PASS' else ''}")
     problems = [f"{t['name']}: {t['status']}: {t.get('fail_reason')}" for t in tests
-                if t["status"] != "PASS" and not (
-                    t["status"] == "CANCEL" and str(t.get("fail_reason")).startswith("expected failure"))]
+                if t["status"] != "PASS" and not expected_failure(t)]
     assert not problems, problems
     names = {t["name"].rsplit(":", 1)[-1].split(";")[0] for t in tests}
     assert {"VfioMigration.test_migrate", "Failures.test_cancel_active",
@@ -107,7 +107,7 @@ def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path) -> None:
         # The kernel's own arcs agree with QEMU; set against a wrong QEMU walk, they do not.
         kernel = bed.check_kernel()
         assert kernel.available and kernel.problems == [], kernel.problems
-        calls = (kernel.calls or {})["destination"]
+        calls = kernel.calls["destination"]
         problems = check_device("destination vfio0", flags, calls, wrong)
         assert problems and problems[0].startswith(
             "destination vfio0: QEMU and the kernel disagree at step 3: QEMU stop, kernel running"), problems
