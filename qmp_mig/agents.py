@@ -72,3 +72,42 @@ class MttyAgent:
             [MTTYIO, "read", "--bdf", port.bdf, "--port", str(port.index), "--max", str(limit)]
         )
         return bytes.fromhex(answer["hex"])
+
+
+QMIGDEV = "/usr/local/bin/qmp-mig-qmigdev"
+
+
+@dataclass
+class QmigdevAgent:
+    """Programs qmigdev functions from inside the guest (guest_agents/qmigdev.c):
+    a DMA ring in guest RAM, device memory, and P2P between two functions."""
+
+    guest: Guest
+
+    def _run(self, command: str, *args: str) -> dict[str, Any]:
+        return self.guest.agent([QMIGDEV, command, *args])
+
+    def functions(self) -> list[str]:
+        """PCI addresses of the qmigdev functions, in bus order."""
+        return sorted(d["bdf"] for d in self._run("list")["devices"])
+
+    def status(self, bdf: str) -> dict[str, Any]:
+        return self._run("status", "--bdf", bdf)
+
+    def dma_start(self, bdf: str, interval_us: int = 10000) -> dict[str, Any]:
+        return self._run("dma-start", "--bdf", bdf, "--interval-us", str(interval_us))
+
+    def dma_verify(self, bdf: str, stop: bool = True) -> dict[str, Any]:
+        return self._run("dma-verify", "--bdf", bdf, *(["--stop"] if stop else []))
+
+    def mem_fill(self, bdf: str, seed: int) -> dict[str, Any]:
+        return self._run("mem-fill", "--bdf", bdf, "--seed", str(seed))
+
+    def mem_check(self, bdf: str, seed: int) -> dict[str, Any]:
+        return self._run("mem-check", "--bdf", bdf, "--seed", str(seed))
+
+    def p2p_start(self, sender: str, receiver: str, interval_us: int = 20000) -> dict[str, Any]:
+        return self._run("p2p-start", "--bdf", sender, "--peer", receiver, "--interval-us", str(interval_us))
+
+    def p2p_verify(self, sender: str, receiver: str, stop: bool = True) -> dict[str, Any]:
+        return self._run("p2p-verify", "--bdf", sender, "--peer", receiver, *(["--stop"] if stop else []))

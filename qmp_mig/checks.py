@@ -103,3 +103,58 @@ def check_ordering(
 def check_equal(where: str, what: str, expected: object, observed: object) -> None:
     if expected != observed:
         raise CheckFailed(f"{where}: {what} is {observed!r}, expected {expected!r}")
+
+
+def _first(seqs: Sequence[object]) -> str:
+    return ", ".join(str(s) for s in seqs[:8]) + (" ..." if len(seqs) > 8 else "")
+
+
+def check_records(where: str, report: dict[str, Any]) -> None:
+    """Every DMA record the device says it wrote is in guest RAM, whole, in order,
+    and none was written while the device was stopped."""
+    problems = []
+    if not report.get("expected"):
+        problems.append("no DMA records were written at all")
+    if report.get("lost"):
+        problems.append(f"{report['lost']} DMA record(s) lost after migration (seq {_first(report['lost_seqs'])})")
+    if report.get("torn"):
+        problems.append(f"{report['torn']} torn DMA record(s) (slot {_first(report['torn_slots'])})")
+    if report.get("future"):
+        problems.append(f"{report['future']} DMA record(s) newer than the device's own sequence number: "
+                        f"its state is older than the guest RAM it wrote (seq {_first(report['future_seqs'])})")
+    if report.get("stopped"):
+        problems.append(f"{report['stopped']} DMA record(s) written while the device was stopped "
+                        f"(seq {_first(report['stopped_seqs'])})")
+    if problems:
+        raise CheckFailed(f"{where}: " + "; ".join(problems) + f"\n  report: {report}")
+
+
+def check_device_memory(where: str, report: dict[str, Any]) -> None:
+    """Device memory written before migration reads back the same after it."""
+    bad = max(int(report.get("mmap_bytes_differing", 0)), int(report.get("dma_bytes_differing", 0)))
+    if bad or report.get("dma_result"):
+        raise CheckFailed(
+            f"{where}: device memory lost after migration: {bad} of {report.get('bytes')} bytes differ "
+            f"(4 KiB chunks {_first(report.get('chunks_differing', []))}; DMA result {report.get('dma_result')})"
+            f"\n  report: {report}")
+
+
+def check_p2p(where: str, report: dict[str, Any]) -> None:
+    """Every P2P write the sender issued arrived, whole, and none was sent while quiesced."""
+    problems = []
+    if not report.get("sent"):
+        problems.append("no P2P writes were sent at all")
+    if report.get("errors"):
+        problems.append(f"{report['errors']} P2P write(s) failed in the sender")
+    if report.get("lost_in_flight"):
+        problems.append(f"{report['lost_in_flight']} P2P write(s) lost: sent {report['sent']}, "
+                        f"received {report['received']}")
+    if report.get("lost") or report.get("torn"):
+        problems.append(f"receive window: {report.get('lost', 0)} P2P record(s) missing, "
+                        f"{report.get('torn', 0)} torn")
+    if report.get("quiesced"):
+        problems.append(f"{report['quiesced']} P2P record(s) sent while the sender was quiesced")
+    if report.get("stopped"):
+        problems.append(f"{report['stopped']} P2P record(s) sent while the sender was stopped")
+    if problems:
+        raise CheckFailed(f"{where}: " + "; ".join(problems) + f"\n  report: {report}")

@@ -66,6 +66,9 @@ class DeviceConfig:
     type: str = ""
     bdf: str = ""
     options: dict[str, str] = field(default_factory=dict)
+    # sysfs attributes (relative to the device's sysfs path) written after it is
+    # created and before any VM opens it, e.g. qmigdev's flag switches.
+    attributes: dict[str, str] = field(default_factory=dict)
     expect_flags: Flag | None = None  # if set, the kernel must report exactly these
     # Scenario -> why it is expected to fail with this device (a known driver bug):
     # the test still runs and reports an expected failure, never hides it.
@@ -80,6 +83,9 @@ class Config:
     guest: GuestConfig
     devices: tuple[DeviceConfig, ...]
     workload: WorkloadConfig = WorkloadConfig()
+    # Our own test device (devices/qmigdev) where the host has it loaded: the DMA,
+    # P2P, reset and fault-detection tests use it; without it they are skipped.
+    test_device: DeviceConfig | None = None
 
 
 def _table(where: str, data: dict[str, Any], key: str, required: bool = True) -> dict[str, Any]:
@@ -113,8 +119,7 @@ def _build(cls: type, where: str, section: str, data: dict[str, Any]) -> Any:
         raise ConfigError(f"{where}: [{section}]: {exc}") from None
 
 
-def _device(where: str, index: int, data: dict[str, Any]) -> DeviceConfig:
-    section = f"device #{index + 1}"
+def _device(where: str, section: str, data: dict[str, Any]) -> DeviceConfig:
     data = dict(data)
     flags = data.pop("expect_flags", None)
     device: DeviceConfig = _build(DeviceConfig, where, section, data)
@@ -152,8 +157,10 @@ def load(path: str | Path) -> Config:
     raw_devices = data.get("device")
     if not isinstance(raw_devices, list) or not raw_devices:
         raise ConfigError(f"{where}: no [[device]] entries: name at least one VFIO device")
-    devices = tuple(_device(where, i, d) for i, d in enumerate(raw_devices))
+    devices = tuple(_device(where, f"device #{i + 1}", d) for i, d in enumerate(raw_devices))
     workload: WorkloadConfig = _build(
         WorkloadConfig, where, "workload", _table(where, data, "workload", required=False)
     )
-    return Config(path, host, vm, guest, devices, workload)
+    raw_test_device = _table(where, data, "test_device", required=False)
+    test_device = _device(where, "test_device", raw_test_device) if raw_test_device else None
+    return Config(path, host, vm, guest, devices, workload, test_device)

@@ -43,7 +43,9 @@ class Recipe:
 
 
 RECIPES = {
-    "lab": Recipe("lab", ("images/lab", "images/versions.env")),
+    "lab": Recipe(
+        "lab", ("images/lab", "images/versions.env", "devices/qmigdev/qmigdev.c", "devices/qmigdev/Kbuild")
+    ),
     "guest": Recipe("guest", ("images/guest", "images/versions.env", "guest_agents"), needs=("lab",)),
 }
 

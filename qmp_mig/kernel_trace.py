@@ -112,8 +112,11 @@ class KernelRequest:
     path: list[State | int] = field(default_factory=list)
     ok: bool = True  # False if the kernel refused a step
     times: list[float] = field(default_factory=list)
+    reset: bool = False  # not a request: the device was found back in RUNNING (a reset)
 
     def describe(self) -> str:
+        if self.reset:
+            return "reset->RUNNING"
         return "->".join(_name(s) for s in self.path)
 
 
@@ -124,6 +127,7 @@ def requests(calls: Sequence[KernelCall]) -> list[KernelRequest]:
     all ends at its target unless the kernel refused it (negative return).
     """
     out: list[KernelRequest] = []
+    every_arc = fsm.arcs(Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY)
     for index, call in enumerate(calls):
         cur, new = _state(call.cur), _state(call.new)
         if not out or out[-1].target != new or out[-1].path[-1] != cur or not out[-1].ok:
@@ -134,6 +138,14 @@ def requests(calls: Sequence[KernelCall]) -> list[KernelRequest]:
             request.ok = False
             continue
         following = calls[index + 1] if index + 1 < len(calls) else None
+        if following and following.cur == State.RUNNING and (cur, State.RUNNING) not in every_arc:
+            # No arc leads from here to RUNNING: the driver failed this arc (the probe
+            # sees the request, not the driver's answer) and VFIO_DEVICE_RESET, which
+            # this probe cannot see, brought the device back to RUNNING.
+            request.ok = False
+            out.append(KernelRequest(target=State.RUNNING, path=[State.RUNNING], reset=True,
+                                     times=[following.time]))
+            continue
         request.path.append(_state(following.cur) if following else new)
     for request in out:
         if request.path[-1] != request.target:
@@ -154,7 +166,7 @@ def check_device(where: str, flags: Flag, calls: Sequence[KernelCall],
                 problems.append(f"{where}: kernel took arc {_name(a)}->{_name(b)}, not an arc of the FSM "
                                 f"for {flags.describe()} (request {request.describe()})")
         start, target = request.path[0], request.target
-        if request.ok and isinstance(start, State) and isinstance(target, State):
+        if request.ok and not request.reset and isinstance(start, State) and isinstance(target, State):
             try:
                 shortest = fsm.shortest_path(start, target, flags)
             except fsm.InvalidTransition:

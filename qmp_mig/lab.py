@@ -247,6 +247,15 @@ expect_flags = "STOP_COPY|P2P|PRE_COPY"
 options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
 # A real bug of the sample, reported by the reuse scenario as an expected failure.
 known_issues = {{ "reuse-after-failure" = "mtty keeps its migration state when the device is closed: after a failed incoming migration the mdev stays in RESUMING and the next QEMU cannot load into it" }}
+
+# Our own test device (devices/qmigdev, built into the lab image): DMA and P2P
+# engines, reset, and fault knobs. The device tests and the detection suite use it.
+[test_device]
+kind = "mdev"
+parent = "qmigdev"
+type = "qmigdev-full"
+expect_flags = "STOP_COPY|P2P|PRE_COPY"
+options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
 """
     )
 

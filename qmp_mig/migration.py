@@ -134,9 +134,19 @@ class Migration:
         status = _wait_final(self.source, self._source_mark, timeout).data["status"]
         info = self.source.monitor.execute("query-migrate")
         if status == "completed":
-            self.destination.monitor.wait_event(
-                "RESUME", timeout=timeout, since=self._destination_mark
+            # The source is done once it has sent everything; the destination can
+            # still reject what it got (a stream that fails to load).
+            end = self.destination.monitor.wait_event(
+                ("RESUME", "MIGRATION"), timeout=timeout, since=self._destination_mark,
+                match=lambda e: e.name == "RESUME" or e.data.get("status") == "failed",
             )
+            if end.name == "MIGRATION":
+                refused = self.destination.monitor.execute("query-migrate")
+                return MigrationResult(
+                    status="failed",
+                    error=f"destination failed to load: {refused.get('error-desc', '')}".strip(),
+                    stats=info, started=self._started, harness_seconds=time.time() - self._started,
+                )
             # Each device's last request (RUNNING) can come just after RESUME.
             for attachment in self.destination.devices:
                 self.destination.monitor.wait_event(

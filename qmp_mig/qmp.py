@@ -142,18 +142,20 @@ class QmpSession:
 
     def wait_event(
         self,
-        name: str,
+        name: str | tuple[str, ...],
         *,
         timeout: float,
         match: Callable[[Event], bool] = lambda _: True,
         since: int = 0,
     ) -> Event:
-        """First event ``name`` at index >= ``since`` that ``match`` accepts."""
+        """First event called ``name`` (or any of the names) at index >= ``since``
+        that ``match`` accepts."""
+        names = (name,) if isinstance(name, str) else name
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 for event in self._events[since:]:
-                    if event.name == name and match(event):
+                    if event.name in names and match(event):
                         return event
                 if self._gone:
                     raise QmpError(self.name, f"waiting for {name}",

@@ -110,6 +110,8 @@ class Testbed:
             device: VfioDevice = mdev.create()
         else:
             device = PciDevice(self.host, spec.bdf, dict(spec.options)).check_bound()
+        for name, value in spec.attributes.items():
+            self.host.write_file(f"{device.sysfs_path}/{name}", value)
         return device
 
     def devices(self, specs: Sequence[DeviceConfig] | None = None) -> tuple[list[VfioDevice], list[Flag]]:

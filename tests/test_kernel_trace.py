@@ -72,3 +72,20 @@ def test_a_refused_step_is_not_counted_as_reached() -> None:
     assert [r.ok for r in walked] == [False]
     problems = check_device("destination vfio0", MTTY, refused, [S.RESUMING])
     assert "(refused)" in problems[0]
+
+
+def test_a_failed_arc_then_reset_reads_as_qemu_saw_it() -> None:
+    # qmigdev with fail_arc "PRE_COPY_P2P->STOP_COPY error": the driver fails the arc,
+    # QEMU resets the device (RUNNING) and resumes the VM. The probe sees the request
+    # but neither the driver's error nor the reset.
+    trace = parse_trace((Path(__file__).parent / "data" / "qmigdev-failed-arc-reset.trace").read_text())
+    source = [c for c in trace if c.device == "9cfaa4c6-638f-4630-9185-a5d2eea62e84"]
+    walked = requests(source)
+    assert [r.describe() for r in walked][-4:] == [
+        "PRE_COPY_P2P", "reset->RUNNING", "RUNNING->RUNNING_P2P", "RUNNING_P2P->RUNNING"]
+    assert not walked[-4].ok
+    qemu = [S.RUNNING_P2P, S.RUNNING, S.PRE_COPY, S.PRE_COPY_P2P, S.RUNNING, S.RUNNING_P2P, S.RUNNING]
+    assert check_device("source vfio0", MTTY, source, qemu) == []
+    # A QEMU that never reported the reset disagrees with the kernel.
+    problems = check_device("source vfio0", MTTY, source, [*qemu[:4], S.RUNNING_P2P, S.RUNNING])
+    assert any("QEMU and the kernel disagree" in p for p in problems)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the qmp-mig "lab" VM image (L1): a Debian bookworm root filesystem with
 # QEMU 10.0 (bookworm-backports), the Debian 6.12 kernel and its modules, and the
-# kernel's mtty sample mdev driver built out of tree.
+# kernel's mtty sample mdev driver and our own qmigdev test device (devices/qmigdev),
+# both built out of tree against the Debian headers.
 #
 #   images/lab/build.sh OUTDIR
 #
@@ -80,6 +81,15 @@ make -s -C "$HEADERS" M="$W/mtty" modules >"$W/mtty/build.log" 2>&1 \
     || { cat "$W/mtty/build.log" >&2; die "mtty build failed"; }
 modinfo -F vermagic "$W/mtty/mtty.ko" | grep -q "^$KVER " || die "mtty.ko vermagic mismatch"
 
+# --- 2b. qmigdev.ko: our migratable test device, from this repository's source.
+say "building qmigdev.ko"
+REPO=$(cd "$HERE/../.." && pwd)
+mkdir -p "$W/qmigdev"
+cp "$REPO/devices/qmigdev/qmigdev.c" "$REPO/devices/qmigdev/Kbuild" "$W/qmigdev/"
+make -s -C "$HEADERS" M="$W/qmigdev" modules >"$W/qmigdev/build.log" 2>&1 \
+    || { cat "$W/qmigdev/build.log" >&2; die "qmigdev build failed"; }
+modinfo -F vermagic "$W/qmigdev/qmigdev.ko" | grep -q "^$KVER " || die "qmigdev.ko vermagic mismatch"
+
 # --- 3. Root filesystem: debootstrap minbase + what the lab runs.
 say "debootstrap $DEBIAN_SUITE"
 # openssh-sftp-server: dropbear runs it for SFTP (paramiko's file transfer, scp);
@@ -114,8 +124,11 @@ mkdir -p "$R/lib/modules"
 cp -a "$KMOD" "$R/lib/modules/"
 rm -f "$R/lib/modules/$KVER/build" "$R/lib/modules/$KVER/source"
 install -D -m 644 "$W/mtty/mtty.ko" "$R/lib/modules/$KVER/extra/mtty.ko"
+install -D -m 644 "$W/qmigdev/qmigdev.ko" "$R/lib/modules/$KVER/extra/qmigdev.ko"
 chroot "$R" depmod -a "$KVER"
-chroot "$R" modprobe -S "$KVER" --show-depends mtty >/dev/null || die "depmod does not know mtty"
+for m in mtty qmigdev; do
+    chroot "$R" modprobe -S "$KVER" --show-depends $m >/dev/null || die "depmod does not know $m"
+done
 
 # No systemd/sysvinit here: give the shell init the usual halt/poweroff/reboot commands
 # (busybox's send SIGUSR1/SIGUSR2/SIGTERM to PID 1 unless -f is given).
@@ -149,7 +162,7 @@ done
 install -m 755 /dev/stdin "$R/sbin/qmp-mig-init" <<'EOF'
 #!/bin/sh
 # PID 1 of the qmp-mig lab VM. Mounts the kernel filesystems, sets up slirp's
-# static network, loads VFIO + mtty, starts dropbear, prints the ready marker on
+# static network, loads VFIO + mtty + qmigdev, starts dropbear, prints the ready marker on
 # the console, then reaps children until halt/poweroff/reboot.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
@@ -182,7 +195,7 @@ mkdir -p /mnt/guest
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 guest /mnt/guest 2>/dev/null \
     || note "no 9p share 'guest'"
 
-modprobe -a vfio vfio_iommu_type1 mdev mtty || note "modprobe vfio/mdev/mtty failed"
+modprobe -a vfio vfio_iommu_type1 mdev mtty qmigdev || note "modprobe vfio/mdev/mtty/qmigdev failed"
 
 mkdir -p /var/log
 dropbear -F -E -s -p 22 \
@@ -294,6 +307,7 @@ cat >"$W/out/manifest.json" <<EOF
   "qemu_package": "qemu-system-x86",
   "qemu_version": "$QEMU_VERSION",
   "mtty_module": "/lib/modules/$KVER/extra/mtty.ko",
+  "qmigdev_module": "/lib/modules/$KVER/extra/qmigdev.ko",
   "ssh_user": "root",
   "ssh_key": "id_ed25519",
   "ready_marker": "qmp-mig-lab: ready",

@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Migration with our own test device (qmigdev) under DMA and P2P load, every
+walk of the P2P/PRE_COPY flag combinations, and recovery from ERROR by reset."""
+
+from __future__ import annotations
+
+from qmp_mig import fsm
+from qmp_mig.checks import CheckFailed, check_equal, check_walk
+from qmp_mig.device_scenario import FULL, DeviceTest
+from qmp_mig.fsm import Flag, State
+from qmp_mig.migration import Migration
+from qmp_mig.testbed import RunningVm
+
+COMBINATIONS = (
+    Flag.STOP_COPY,
+    Flag.STOP_COPY | Flag.P2P,
+    Flag.STOP_COPY | Flag.PRE_COPY,
+    Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY,
+)
+
+
+class DeviceMigration(DeviceTest):
+    """:avocado: enable
+    :avocado: tags=vfio,migration,device,dma,p2p
+    """
+
+    def test_dma_and_p2p_load(self) -> None:
+        """Two qmigdev functions, each DMA-ing sequence-numbered records into guest RAM,
+        the first writing P2P into the second: no record lost or torn, device memory
+        intact, nothing written while stopped or quiesced, every walk as the model says."""
+        destination = self.migrate_loaded()
+        assert destination is not None
+
+    def test_flag_walks(self) -> None:
+        """For each P2P/PRE_COPY combination, a VM starts and migrates; QEMU's events,
+        the kernel's arcs and the device's own arc log all follow the FSM model."""
+        for flags in COMBINATIONS:
+            specs = self.device_specs(flags)
+            source, _ = self.bed.launch(f"source-{_short(flags)}", specs=specs)
+            source.start()
+            destination, _ = self.bed.launch(f"destination-{_short(flags)}", incoming=True, specs=specs)
+            migration = Migration(source, destination, uri=self.bed.migration_uri())
+            migration.start()
+            result = migration.wait(timeout=300)
+            check_equal(f"{flags.describe()} migration", "status", "completed", f"{result.status} {result.error}".strip())
+            self.mark(source.name, f"{flags.describe()}: migrated, {result.summary()}", kind="note")
+            for attachment in source.devices:
+                check_walk(f"{source.name} {attachment.device_id} ({flags.describe()})",
+                           [*fsm.vm_start_events(flags), *fsm.source_events(flags)],
+                           source.vfio_walk(attachment.device_id))
+                check_walk(f"{destination.name} {attachment.device_id} ({flags.describe()})",
+                           fsm.destination_events(flags), destination.vfio_walk(attachment.device_id))
+            for vm in (source, destination):
+                self.check_device_view(vm, {a.device_id: flags for a in vm.devices})
+            self.check_kernel()
+            destination.shutdown()
+            source.shutdown()
+
+
+class ResetRecovery(DeviceTest):
+    """:avocado: enable
+    :avocado: tags=vfio,migration,device,reset,error
+    """
+
+    def test_error_reset_then_migrate(self) -> None:
+        """The device fails the arc into STOP_COPY and enters ERROR; QEMU resets it back
+        to RUNNING, the migration fails and the VM runs on; DMA restarts, and a second
+        migration succeeds with every check."""
+        self.recover_from_error()
+
+    def recover_from_error(self) -> RunningVm:
+        specs = self.device_specs(FULL)
+        source = self.bed.boot("source", specs=specs)
+        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
+        self.load_guest(source)
+        self.start_device_load(source)
+        first = self.qmigdevs(source.qemu)[0]
+        first.arm("fail_arc", "PRE_COPY_P2P->STOP_COPY error once")
+        migration = self.start_migration(source, specs=specs)
+        result = migration.wait(timeout=300)
+        self.mark(source.qemu.name, f"migration ended {result.status}: {result.error}", kind="note")
+        check_equal("migration with the failing device", "status", "failed", result.status)
+        device_id = source.qemu.devices[0].device_id
+        # QEMU reports the reset as a request of RUNNING, then resumes the VM.
+        expected = [State.PRE_COPY, State.PRE_COPY_P2P, State.RUNNING, State.RUNNING_P2P, State.RUNNING]
+        check_walk(f"{source.qemu.name} {device_id} (failed arc, reset)", expected,
+                   source.qemu.vfio_walk(device_id)[len(boot_walk[device_id]):])
+        counters = first.counters()
+        if first.state() != State.RUNNING:
+            raise CheckFailed(f"{source.qemu.name} {device_id}: device still in {first.state().name} "
+                              f"after VFIO_DEVICE_RESET ({counters['resets_refused']} reset(s) refused)")
+        check_equal(f"{source.qemu.name} {device_id}", "device resets", True, counters["resets"] >= 2)
+        check_equal(source.qemu.name, "run state after the failed migration", "running", source.qemu.status())
+        first.write("arcs", "clear")  # the failed arc was wanted; judge what follows
+        self.check_kernel()
+        # The reset turned the engines off and cleared their registers: start again.
+        restarted = RunningVm(source.qemu, source.guest, source.flags,
+                              {d: source.qemu.vfio_walk(d) for d in source.flags})
+        load = self.start_device_load(restarted)
+        destination, _ = self.migrate(restarted, name="recovery-destination", specs=specs)
+        self.check_migrated_walks(restarted, destination)
+        self.verify_device_load(destination, load, "after reset + migration")
+        self.check_device_view(destination.qemu, destination.flags)
+        self.check_kernel()
+        return destination
+
+
+def _short(flags: Flag) -> str:
+    return "-".join(f.name.lower().replace("_", "") for f in Flag if f in flags)  # type: ignore[union-attr]

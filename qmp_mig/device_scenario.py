@@ -1,0 +1,202 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Scenarios with our own test device (qmigdev): DMA and P2P load that the guest
+verifies record by record, and the device's own account read from the host.
+
+A scenario here is a list of named checks. A normal test stops at the first
+that fails; a detection test (a fault armed) runs them all and reports which
+ones caught the fault, so the detection table can say fault -> check -> message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import fsm
+from .agents import QmigdevAgent
+from .checks import CheckFailed, check_device_memory, check_equal, check_p2p, check_records
+from .config import DeviceConfig
+from .fsm import Flag
+from .migration import Migration, MigrationResult
+from .qemu import QemuInstance
+from .qmigdev import Qmigdev, flag_attributes
+from .scenario import MigrationTest
+from .testbed import RunningVm
+
+FULL = Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY
+SEEDS = (0x51AD, 0x7E57)  # device-memory patterns, one per function
+
+
+@dataclass
+class Finding:
+    check: str
+    message: str
+
+
+@dataclass
+class DeviceLoad:
+    """What the guest started on its qmigdev functions before the migration."""
+
+    functions: list[str]
+    seeds: dict[str, int] = field(default_factory=dict)
+    p2p: tuple[str, str] | None = None
+
+
+class DeviceTest(MigrationTest):
+    """Base of the tests that need the host's ``[test_device]`` (qmigdev)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        if self.config.test_device is None:
+            self.cancel("the host configuration names no [test_device] (devices/qmigdev)")
+        self.findings: list[Finding] = []
+        self.collect = False  # detection tests run every check and keep what failed
+
+    # --- devices ----------------------------------------------------------------
+
+    def device_specs(self, flags: Flag = FULL, count: int = 2) -> list[DeviceConfig]:
+        """``count`` test-device instances that offer exactly ``flags``."""
+        base = self.config.test_device
+        assert base is not None
+        spec = dataclasses.replace(base, attributes={**base.attributes, **flag_attributes(flags)},
+                                   expect_flags=flags)
+        return [spec] * count
+
+    def qmigdevs(self, qemu: QemuInstance) -> list[Qmigdev]:
+        return [Qmigdev(self.bed.host, a.device.kernel_name) for a in qemu.devices]
+
+    # --- checks, stopping or collecting -------------------------------------------
+
+    def step(self, check: str, action: Callable[..., None], *args: Any) -> bool:
+        """Run one named check; False if it failed (detection mode) instead of raising."""
+        try:
+            action(*args)
+            return True
+        except CheckFailed as exc:
+            if not self.collect:
+                raise
+            self.findings.append(Finding(check, str(exc).splitlines()[0]))
+            self.mark("suite", f"{check}: {str(exc).splitlines()[0]}", kind="note", failed=True)
+            return False
+
+    # --- load ------------------------------------------------------------------------
+
+    def start_device_load(self, vm: RunningVm, p2p: bool = True) -> DeviceLoad:
+        """DMA rings on every function, known device memory, and P2P from the first
+        function into the second."""
+        agent = QmigdevAgent(vm.guest)
+        functions = agent.functions()
+        check_equal(vm.qemu.name, "qmigdev functions in the guest", len(vm.qemu.devices), len(functions))
+        load = DeviceLoad(functions)
+        for bdf, seed in zip(functions, SEEDS):
+            agent.mem_fill(bdf, seed)
+            load.seeds[bdf] = seed
+            agent.dma_start(bdf)
+        if p2p and len(functions) > 1 and Flag.P2P in self.device_flags(vm):
+            agent.p2p_start(functions[0], functions[1])
+            load.p2p = (functions[0], functions[1])
+        self.mark(vm.qemu.name, f"device load: DMA rings on {', '.join(functions)}"
+                  + (f", P2P {load.p2p[0]} -> {load.p2p[1]}" if load.p2p else ""))
+        return load
+
+    def device_flags(self, vm: RunningVm) -> Flag:
+        return next(iter(vm.flags.values()))
+
+    def verify_device_load(self, vm: RunningVm, load: DeviceLoad, where: str) -> None:
+        """The guest's view: every DMA record, device memory, every P2P write."""
+        agent = QmigdevAgent(vm.guest)
+        if load.p2p:
+            sender, receiver = load.p2p
+            report = agent.p2p_verify(sender, receiver)
+            self._save(f"{where}-p2p.json", report)
+            self.step("P2P records", check_p2p, f"{where}: P2P {sender} -> {receiver}", report)
+        for bdf in load.functions:
+            records = agent.dma_verify(bdf)
+            self._save(f"{where}-dma-{bdf}.json", records)
+            self.step("DMA records", check_records, f"{where}: {bdf}", records)
+            memory = agent.mem_check(bdf, load.seeds[bdf])
+            self._save(f"{where}-memory-{bdf}.json", memory)
+            self.step("device memory", check_device_memory, f"{where}: {bdf}", memory)
+
+    def check_device_view(self, qemu: QemuInstance, flags_of: dict[str, Flag]) -> None:
+        """The device's own account (sysfs): only FSM arcs, the state QEMU last asked
+        for, and nothing done while stopped or quiesced."""
+        for attachment, device in zip(qemu.devices, self.qmigdevs(qemu)):
+            where = f"{qemu.name} {attachment.device_id} (device's view)"
+            flags = flags_of[attachment.device_id]
+            allowed = fsm.arcs(flags)
+            arcs = device.arcs()
+            bad = [a.describe() for a in arcs if not a.failed and (a.cur, a.new) not in allowed]
+            failed = [a.describe() for a in arcs if a.failed]
+            state = device.state()
+            walk = qemu.vfio_walk(attachment.device_id)
+            problems = device.misbehaviour()
+            if bad:
+                problems.append(f"arcs outside the FSM for {flags.describe()}: {', '.join(bad)}")
+            if failed:
+                problems.append(f"arcs that failed: {', '.join(failed)}")
+            if walk and state != walk[-1]:
+                problems.append(f"device is in {state.name}, QEMU's last request was {walk[-1].name}")
+            if problems:
+                self.step("device counters and arcs", _raise, f"{where}: " + "; ".join(problems))
+            self._save(f"{qemu.name}-{attachment.device_id}.device.json",
+                       {"state": state.name, "arcs": [a.describe() for a in arcs], "counters": device.counters()})
+
+    def _save(self, name: str, report: object) -> None:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        (self.artifacts / name).write_text(json.dumps(report, indent=1))
+
+    # --- the normal scenario -----------------------------------------------------------
+
+    def migrate_loaded(self, *, flags: Flag = FULL,
+                       arm: Callable[[RunningVm, Sequence[Qmigdev]], None] | None = None,
+                       timeout: float = 600) -> RunningVm | None:
+        """Boot, load the devices, migrate, and run every check on both sides.
+        ``arm`` is called with the source and its devices just before the migration.
+        Returns the destination, or None if the migration did not complete."""
+        specs = self.device_specs(flags)
+        source = self.bed.boot("source", specs=specs)
+        self.load_guest(source)
+        load = self.start_device_load(source)
+        if arm is not None:
+            arm(source, self.qmigdevs(source.qemu))
+        migration = self.start_migration(source, specs=specs)
+        result = self._wait(migration, timeout)
+        if not self.step("migration", _check_completed, result):
+            self.check_device_view(source.qemu, source.flags)
+            return None
+        destination, _ = self.finish_migration(source, migration, timeout=timeout)
+        self.step("VFIO walks", self.check_migrated_walks, source, destination)
+        self.verify_device_load(destination, load, "destination")
+        self.step("guest RAM", self.verify_guest, destination, {}, "destination")
+        self.check_device_view(source.qemu, source.flags)
+        self.check_device_view(destination.qemu, destination.flags)
+        self.step("kernel cross-check", self.check_kernel)
+        return destination
+
+    def _wait(self, migration: Migration, timeout: float) -> MigrationResult | TimeoutError:
+        try:
+            return migration.wait(timeout=timeout)
+        except TimeoutError as exc:
+            return exc
+
+
+def _check_completed(result: MigrationResult | TimeoutError) -> None:
+    if isinstance(result, TimeoutError):
+        raise CheckFailed(f"migration did not finish: {result}")
+    if result.status != "completed":
+        raise CheckFailed(f"migration {result.status}: {result.error}")
+
+
+def _raise(message: str) -> None:
+    raise CheckFailed(message)
+
+
+def write_detection(path: Path, fault: str, findings: Sequence[Finding]) -> None:
+    path.write_text(json.dumps({"fault": fault, "caught": [dataclasses.asdict(f) for f in findings]},
+                               indent=1))
+

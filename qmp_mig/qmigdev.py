@@ -1,0 +1,114 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The lab host's view of a qmigdev instance (devices/qmigdev): its migration
+state, the arcs it took, its counters, and its fault knobs, all in sysfs.
+
+This is the device's own account, read from outside the guest and QEMU: a third
+view of the walk next to QEMU's events and the kernel probe, and the only place
+that sees what the device did while nobody was supposed to be looking (DMA
+while stopped, P2P while quiesced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .fsm import Flag, State
+from .hosts import Host
+
+PARENT = "qmigdev"
+
+# Each mdev type offers some flags; per instance, P2P and PRE_COPY can be switched
+# off (sysfs enable_p2p / enable_precopy) before a VM opens it.
+FULL_TYPE = "qmigdev-full"
+
+# Knob -> the value that disarms it.
+FAULTS = {
+    "fail_arc": "none",
+    "dma_after_stop": "0",
+    "p2p_in_running_p2p": "0",
+    "corrupt_stream": "0",
+    "truncate_stream": "0",
+    "drop_state": "0",
+    "lie_data_size": "off",
+    "lie_precopy_info": "off",
+    "delay_save_ms": "0",
+    "stale_state_on_close": "0",
+    "refuse_reset": "off",
+}
+
+# Counters that must stay 0 in a correct migration, and what a non-zero one means.
+MISBEHAVIOUR = {
+    "writes_while_stopped": "device wrote guest memory {n} time(s) while stopped",
+    "p2p_while_quiesced": "device issued {n} P2P write(s) while quiesced (RUNNING_P2P/PRE_COPY_P2P)",
+    "rx_while_stopped": "{n} P2P write(s) landed in the device while it was stopped",
+}
+
+
+def flag_attributes(flags: Flag) -> dict[str, str]:
+    """sysfs settings that make a qmigdev-full instance offer exactly ``flags``."""
+    return {
+        "qmigdev/enable_p2p": "1" if Flag.P2P in flags else "0",
+        "qmigdev/enable_precopy": "1" if Flag.PRE_COPY in flags else "0",
+    }
+
+
+@dataclass(frozen=True)
+class Arc:
+    cur: State
+    new: State
+    failed: bool
+
+    def describe(self) -> str:
+        return f"{self.cur.name}->{self.new.name}" + (" FAILED" if self.failed else "")
+
+
+class QmigdevError(RuntimeError):
+    """The instance's sysfs directory is missing or answered something unexpected."""
+
+
+class Qmigdev:
+    """One qmigdev mdev instance on ``host``, named by its UUID."""
+
+    def __init__(self, host: Host, uuid: str) -> None:
+        self.host = host
+        self.uuid = uuid
+        self.path = f"/sys/bus/mdev/devices/{uuid}/qmigdev"
+
+    def read(self, name: str) -> str:
+        result = self.host.run(["cat", f"{self.path}/{name}"], check=False)
+        if result.returncode != 0:
+            raise QmigdevError(f"qmigdev {self.uuid}: cannot read {name}: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def write(self, name: str, value: str) -> None:
+        self.host.write_file(f"{self.path}/{name}", value)
+
+    def state(self) -> State:
+        text = self.read("state")
+        try:
+            return State[text.upper()]
+        except KeyError:
+            raise QmigdevError(f"qmigdev {self.uuid}: state {text!r} is not a VFIO state") from None
+
+    def counters(self) -> dict[str, int]:
+        pairs = (line.split() for line in self.read("counters").splitlines())
+        return {name: int(value) for name, value in pairs}
+
+    def arcs(self) -> list[Arc]:
+        """The arcs the device took (its last 64), oldest first."""
+        out = []
+        for line in self.read("arcs").splitlines():
+            step, _, note = line.partition(" ")
+            cur, _, new = step.partition("->")
+            out.append(Arc(State[cur], State[new], note == "FAILED"))
+        return out
+
+    def arm(self, knob: str, value: str) -> None:
+        if knob not in FAULTS:
+            raise QmigdevError(f"unknown qmigdev fault {knob!r}; expected one of {', '.join(FAULTS)}")
+        self.write(knob, value)
+
+    def misbehaviour(self) -> list[str]:
+        """What the counters say the device did that a correct device never does."""
+        counters = self.counters()
+        return [text.format(n=counters[name]) for name, text in MISBEHAVIOUR.items() if counters.get(name)]
