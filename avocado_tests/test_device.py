@@ -5,11 +5,10 @@ walk of the P2P/PRE_COPY flag combinations, and recovery from ERROR by reset."""
 from __future__ import annotations
 
 from qmp_mig import fsm
-from qmp_mig.checks import CheckFailed, check_equal, check_walk
-from qmp_mig.device_scenario import FULL, DeviceTest
-from qmp_mig.fsm import Flag, State
+from qmp_mig.checks import check_equal, check_walk
+from qmp_mig.device_scenario import DeviceTest
+from qmp_mig.fsm import Flag
 from qmp_mig.migration import Migration
-from qmp_mig.testbed import RunningVm
 
 COMBINATIONS = (
     Flag.STOP_COPY,
@@ -68,41 +67,10 @@ class ResetRecovery(DeviceTest):
         migration succeeds with every check."""
         self.recover_from_error()
 
-    def recover_from_error(self) -> RunningVm:
-        specs = self.device_specs(FULL)
-        source = self.bed.boot("source", specs=specs)
-        boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
-        self.load_guest(source)
-        self.start_device_load(source)
-        first = self.qmigdevs(source.qemu)[0]
-        first.arm("fail_arc", "PRE_COPY_P2P->STOP_COPY error once")
-        migration = self.start_migration(source, specs=specs)
-        result = migration.wait(timeout=300)
-        self.mark(source.qemu.name, f"migration ended {result.status}: {result.error}", kind="note")
-        check_equal("migration with the failing device", "status", "failed", result.status)
-        device_id = source.qemu.devices[0].device_id
-        # QEMU reports the reset as a request of RUNNING, then resumes the VM.
-        expected = [State.PRE_COPY, State.PRE_COPY_P2P, State.RUNNING, State.RUNNING_P2P, State.RUNNING]
-        check_walk(f"{source.qemu.name} {device_id} (failed arc, reset)", expected,
-                   source.qemu.vfio_walk(device_id)[len(boot_walk[device_id]):])
-        counters = first.counters()
-        if first.state() != State.RUNNING:
-            raise CheckFailed(f"{source.qemu.name} {device_id}: device still in {first.state().name} "
-                              f"after VFIO_DEVICE_RESET ({counters['resets_refused']} reset(s) refused)")
-        check_equal(f"{source.qemu.name} {device_id}", "device resets", True, counters["resets"] >= 2)
-        check_equal(source.qemu.name, "run state after the failed migration", "running", source.qemu.status())
-        first.write("arcs", "clear")  # the failed arc was wanted; judge what follows
-        self.check_kernel()
-        # The reset turned the engines off and cleared their registers: start again.
-        restarted = RunningVm(source.qemu, source.guest, source.flags,
-                              {d: source.qemu.vfio_walk(d) for d in source.flags})
-        load = self.start_device_load(restarted)
-        destination, _ = self.migrate(restarted, name="recovery-destination", specs=specs)
-        self.check_migrated_walks(restarted, destination)
-        self.verify_device_load(destination, load, "after reset + migration")
-        self.check_device_view(destination.qemu, destination.flags)
-        self.check_kernel()
-        return destination
+    def test_reuse_after_failed_destination(self) -> None:
+        """A destination is killed mid-migration; its devices go back to RUNNING when it
+        closes them, and a new destination on the same devices takes the migration."""
+        self.reuse_after_failed_destination()
 
 
 def _short(flags: Flag) -> str:

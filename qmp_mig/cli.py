@@ -15,7 +15,7 @@ from . import benchmark, images, lab
 from .config import ConfigError
 from .config import load as load_config
 from .report import write_run_report
-from .runner import SUITES, RunError, run_suite, summary_table
+from .runner import SUITES, RunError, detection_table, run_suite, summary_table
 from .testbed import sweep
 
 console = Console(highlight=False)
@@ -83,6 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if booted_here:
             lab.down(say)
     console.print(summary_table(jobs))
+    detection = detection_table(jobs)
+    if detection is not None:
+        console.print(detection)
     report = write_run_report(run_dir, jobs, title=f"suite {args.suite}")
     say(f"total wall time {time.monotonic() - started:.0f} s")
     say(f"HTML report: {report}")

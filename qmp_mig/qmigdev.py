@@ -67,12 +67,13 @@ class QmigdevError(RuntimeError):
 
 
 class Qmigdev:
-    """One qmigdev mdev instance on ``host``, named by its UUID."""
+    """One qmigdev instance on ``host``, by its device's sysfs path
+    (``/sys/bus/mdev/devices/<uuid>``)."""
 
-    def __init__(self, host: Host, uuid: str) -> None:
+    def __init__(self, host: Host, sysfs_path: str) -> None:
         self.host = host
-        self.uuid = uuid
-        self.path = f"/sys/bus/mdev/devices/{uuid}/qmigdev"
+        self.uuid = sysfs_path.rstrip("/").rsplit("/", 1)[-1]
+        self.path = f"{sysfs_path}/qmigdev"
 
     def read(self, name: str) -> str:
         result = self.host.run(["cat", f"{self.path}/{name}"], check=False)

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +33,8 @@ class Part:
 
 
 _SCENARIOS = ("avocado_tests/test_failures.py", "avocado_tests/test_topologies.py",
-              "avocado_tests/test_refusals.py", "avocado_tests/test_reset.py")
+              "avocado_tests/test_refusals.py", "avocado_tests/test_reset.py",
+              "avocado_tests/test_device.py")
 # The default suite must fit in CI with the lab's guests under nested TCG
 # (about 5 minutes per scenario): one of each kind. The nightly suite runs
 # every scenario and the whole option matrix.
@@ -43,6 +45,7 @@ _DEFAULT_SCENARIOS = (
     "avocado_tests/test_refusals.py:Refusals.test_blocker_enable_migration_off",
     "avocado_tests/test_refusals.py:Refusals.test_blocker_no_dirty_tracking",
     "avocado_tests/test_refusals.py:Refusals.test_postcopy_refused",
+    "avocado_tests/test_device.py",
 )
 # Variants multiply every test of their job, so the option matrix is a job of its own.
 SUITES: dict[str, tuple[Part, ...]] = {
@@ -60,6 +63,8 @@ SUITES: dict[str, tuple[Part, ...]] = {
         Part(("avocado_tests/test_vfio_migration.py",), "avocado_tests/variants/full.yaml"),
         Part(_SCENARIOS),
     ),
+    # Every injected driver bug must be caught by some check; prints the detection table.
+    "detection": (Part(("avocado_tests/test_detection.py",)),),
 }
 
 
@@ -112,8 +117,12 @@ def _clip(text: str, width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _tests(jobs: list[Path]) -> list[dict[str, Any]]:
+    return [t for job in jobs for t in json.loads((job / "results.json").read_text()).get("tests", [])]
+
+
 def summary_table(jobs: list[Path]) -> Table:
-    tests = [t for job in jobs for t in json.loads((job / "results.json").read_text()).get("tests", [])]
+    tests = _tests(jobs)
     table = Table(title=f"qmp-mig results ({len(tests)} tests)")
     for column in ("test", "status", "time", "detail"):
         table.add_column(column)
@@ -131,4 +140,27 @@ def summary_table(jobs: list[Path]) -> Table:
             f"{test.get('time_elapsed', 0):.1f} s",
             _clip(detail[0]) if detail else "",
         )
+    return table
+
+
+def detection_table(jobs: list[Path]) -> Table | None:
+    """Fault -> the checks that caught it -> their messages, from each detection test's
+    detection.json; None when the run had no detection tests."""
+    rows = []
+    for test in _tests(jobs):
+        logdir = test.get("logdir")
+        found = Path(logdir) / "artifacts" / "detection.json" if logdir else None
+        if found is None or not found.exists():
+            continue
+        report = json.loads(found.read_text())
+        caught = report["caught"] or [{"check": "GAP: nothing caught it", "message": ""}]
+        rows += [(report["fault"] if i == 0 else "", c["check"], c["message"], test.get("status", "?"))
+                 for i, c in enumerate(caught)]
+    if not rows:
+        return None
+    table = Table(title="detection: injected fault -> check that caught it -> message")
+    for column in ("fault", "check", "message", "test"):
+        table.add_column(column, overflow="fold")
+    for fault, check, message, status in rows:
+        table.add_row(fault, check, _clip(message, 200), status)
     return table

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The host's view of a qmigdev instance, read from (here: a copy of) its sysfs
+directory, and the verdicts on the guest agent's reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qmp_mig.checks import CheckFailed, check_device_memory, check_p2p, check_records
+from qmp_mig.fsm import Flag, State
+from qmp_mig.hosts import LocalHost
+from qmp_mig.qmigdev import Qmigdev, QmigdevError, flag_attributes
+from qmp_mig.runner import detection_table
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Qmigdev:
+    sysfs = tmp_path / "0c8b6d1e-0000-4000-8000-000000000001"
+    (sysfs / "qmigdev").mkdir(parents=True)
+    (sysfs / "qmigdev" / "state").write_text("RUNNING\n")
+    (sysfs / "qmigdev" / "arcs").write_text("RUNNING->PRE_COPY\nPRE_COPY->PRE_COPY_P2P\n"
+                                            "PRE_COPY_P2P->STOP_COPY FAILED\n")
+    (sysfs / "qmigdev" / "counters").write_text("dma_records 120\nwrites_while_stopped 3\n"
+                                                "p2p_while_quiesced 0\n")
+    (sysfs / "qmigdev" / "fail_arc").write_text("none\n")
+    return Qmigdev(LocalHost(), str(sysfs))
+
+
+def test_state_arcs_and_counters_are_parsed(device: Qmigdev) -> None:
+    assert device.uuid == "0c8b6d1e-0000-4000-8000-000000000001"
+    assert device.state() == State.RUNNING
+    arcs = device.arcs()
+    assert [a.describe() for a in arcs][-1] == "PRE_COPY_P2P->STOP_COPY FAILED"
+    assert arcs[-1].failed and not arcs[0].failed
+    assert device.counters()["dma_records"] == 120
+
+
+def test_misbehaviour_names_what_the_device_did(device: Qmigdev) -> None:
+    assert device.misbehaviour() == ["device wrote guest memory 3 time(s) while stopped"]
+
+
+def test_faults_are_armed_by_name_and_unknown_ones_refused(device: Qmigdev) -> None:
+    device.arm("fail_arc", "RUNNING->PRE_COPY stay")
+    assert device.read("fail_arc") == "RUNNING->PRE_COPY stay"
+    with pytest.raises(QmigdevError, match="unknown qmigdev fault 'fail_ark'"):
+        device.arm("fail_ark", "x")
+
+
+def test_flag_attributes_switch_p2p_and_precopy() -> None:
+    assert flag_attributes(Flag.STOP_COPY) == {"qmigdev/enable_p2p": "0", "qmigdev/enable_precopy": "0"}
+    assert flag_attributes(Flag.STOP_COPY | Flag.PRE_COPY)["qmigdev/enable_precopy"] == "1"
+
+
+def test_record_report_verdicts_name_the_symptom() -> None:
+    good = {"expected": 500, "lost": 0, "torn": 0, "future": 0, "stopped": 0}
+    check_records("destination", good)
+    with pytest.raises(CheckFailed, match=r"^destination: 3 DMA record\(s\) lost after migration \(seq 7, 8, 9\)"):
+        check_records("destination", {**good, "lost": 3, "lost_seqs": [7, 8, 9]})
+    with pytest.raises(CheckFailed, match="written while the device was stopped"):
+        check_records("destination", {**good, "stopped": 1, "stopped_seqs": [400]})
+    with pytest.raises(CheckFailed, match="no DMA records were written"):
+        check_records("destination", {**good, "expected": 0})
+
+
+def test_device_memory_and_p2p_verdicts() -> None:
+    with pytest.raises(CheckFailed, match="device memory lost after migration: 61440 of 61440 bytes differ"):
+        check_device_memory("d", {"bytes": 61440, "mmap_bytes_differing": 61440, "dma_bytes_differing": 0,
+                                  "chunks_differing": list(range(15)), "dma_result": 0})
+    check_p2p("d", {"sent": 40, "received": 40})
+    with pytest.raises(CheckFailed, match=r"2 P2P write\(s\) lost: sent 40, received 38"):
+        check_p2p("d", {"sent": 40, "received": 38, "lost_in_flight": 2})
+
+
+def test_detection_table_lists_each_check_that_caught_a_fault(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    caught, gap = tmp_path / "t1", tmp_path / "t2"
+    for test, report in ((caught, {"fault": "dma_after_stop", "caught": [
+            {"check": "device counters and arcs", "message": "wrote guest memory 3 time(s) while stopped"}]}),
+            (gap, {"fault": "lie_precopy_info zero", "caught": []})):
+        (test / "artifacts").mkdir(parents=True)
+        (test / "artifacts" / "detection.json").write_text(json.dumps(report))
+    job.mkdir()
+    (job / "results.json").write_text(json.dumps({"tests": [
+        {"name": "1-test_detection.py:Detection.test_dma_after_stop", "status": "PASS", "logdir": str(caught)},
+        {"name": "2-test_detection.py:Detection.test_lie_precopy_info_zero", "status": "FAIL", "logdir": str(gap)},
+    ]}))
+    table = detection_table([job])
+    assert table is not None
+    cells = [list(column.cells) for column in table.columns]
+    assert cells[0] == ["dma_after_stop", "lie_precopy_info zero"]
+    assert cells[1] == ["device counters and arcs", "GAP: nothing caught it"]
+    assert cells[3] == ["PASS", "FAIL"]
