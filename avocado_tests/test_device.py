@@ -74,4 +74,5 @@ class ResetRecovery(DeviceTest):
 
 
 def _short(flags: Flag) -> str:
-    return "-".join(f.name.lower().replace("_", "") for f in Flag if f in flags)  # type: ignore[union-attr]
+    """A VM name suffix: "stopcopy-p2p" for STOP_COPY|P2P."""
+    return flags.describe().lower().replace("_", "").replace("|", "-")

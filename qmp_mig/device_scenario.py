@@ -172,8 +172,8 @@ class DeviceTest(MigrationTest):
         if not self.step("migration", _check_completed, result):
             self.check_device_view(source.qemu, source.flags)
             return None
-        destination, _ = self.finish_migration(source, migration, timeout=timeout)
         assert isinstance(result, MigrationResult)
+        destination, _ = self.finish_migration(source, migration, timeout=timeout, result=result)
         self.step("downtime", check_downtime, result, self.parameters)
         self.step("VFIO walks", self.check_migrated_walks, source, destination)
         self.verify_device_load(destination, load, "destination")

@@ -162,9 +162,11 @@ class MigrationTest(Test):
         migration.start()
         return migration
 
-    def finish_migration(self, source: RunningVm, migration: Migration,
-                         timeout: float = 600) -> tuple[RunningVm, MigrationResult]:
-        result = migration.wait(timeout=timeout)
+    def finish_migration(self, source: RunningVm, migration: Migration, timeout: float = 600,
+                         result: MigrationResult | None = None) -> tuple[RunningVm, MigrationResult]:
+        """Wait for the end (unless the caller has its ``result``), check it completed,
+        and log into the destination."""
+        result = result or migration.wait(timeout=timeout)
         self.log.info("migration %s", result.summary())
         self.whiteboard = result.summary()
         check_equal("migration", "status", "completed", f"{result.status} {result.error}".strip())
