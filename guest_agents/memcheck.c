@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent.h"
+
 #define PAGE_SIZE 4096UL
 #define PAGE_WORDS (PAGE_SIZE / sizeof(uint64_t))
 #define MIB (1024UL * 1024UL)
@@ -88,40 +90,6 @@ struct daemon_state {
 };
 
 static volatile sig_atomic_t stop_requested;
-
-/* ---------------------------------------------------------------- output */
-
-static void json_escape(char *dst, size_t size, const char *src)
-{
-	size_t n = 0;
-
-	for (; *src && n + 7 < size; src++) {
-		unsigned char c = (unsigned char)*src;
-
-		if (c == '"' || c == '\\')
-			n += snprintf(dst + n, size - n, "\\%c", c);
-		else if (c < 0x20)
-			n += snprintf(dst + n, size - n, "\\u%04x", c);
-		else
-			dst[n++] = (char)c;
-	}
-	dst[n] = '\0';
-}
-
-/* Print {"error": ...} and exit non-zero: the only way a command fails. */
-static void __attribute__((noreturn, format(printf, 1, 2)))
-die(const char *fmt, ...)
-{
-	char msg[512], escaped[1024];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	json_escape(escaped, sizeof(escaped), msg);
-	printf("{\"error\":\"%s\"}\n", escaped);
-	exit(1);
-}
 
 /* ---------------------------------------------------------------- pattern */
 
@@ -824,17 +792,6 @@ static void cmd_stop(const struct options *o)
 
 /* ---------------------------------------------------------------- main */
 
-static long parse_long(const char *name, const char *arg)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(arg, &end, 0);
-	if (errno || end == arg || *end)
-		die("invalid value for --%s: '%s'", name, arg);
-	return v;
-}
 
 static void parse_options(int argc, char **argv, struct options *o)
 {

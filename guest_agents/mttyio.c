@@ -42,6 +42,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "agent.h"
+
 #define MTTY_VENDOR 0x4348
 #define MTTY_DEVICE 0x3253
 #define PCI_DEVICES "/sys/bus/pci/devices"
@@ -75,25 +77,6 @@ struct options {
 	bool clear;
 };
 
-/* Print {"error": ...} and exit non-zero: the only way a command fails. */
-static void __attribute__((noreturn, format(printf, 1, 2)))
-die(const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	printf("{\"error\":\"");
-	for (const char *p = msg; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			putchar('\\');
-		putchar((unsigned char)*p < 0x20 ? ' ' : *p);
-	}
-	printf("\"}\n");
-	exit(1);
-}
 
 /* ---------------------------------------------------------------- sysfs */
 
@@ -372,17 +355,6 @@ static void cmd_list(const struct options *o)
 
 /* ---------------------------------------------------------------- main */
 
-static long parse_long(const char *name, const char *arg)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(arg, &end, 0);
-	if (errno || end == arg || *end)
-		die("invalid value for --%s: '%s'", name, arg);
-	return v;
-}
 
 /* One byte in hex, "5a" or "0x5a", as for --hex. */
 static long parse_hex_byte(const char *name, const char *arg)

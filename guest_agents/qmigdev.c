@@ -89,6 +89,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent.h"
+
 #define QMIG_VENDOR 0x1af4
 #define QMIG_DEVICE 0x10f7
 #define PCI_DEVICES "/sys/bus/pci/devices"
@@ -189,25 +191,6 @@ struct options {
 
 /* ---------------------------------------------------------------- output */
 
-/* Print {"error": ...} and exit non-zero: the only way a command fails. */
-static void __attribute__((noreturn, format(printf, 1, 2)))
-die(const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	printf("{\"error\":\"");
-	for (const char *p = msg; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			putchar('\\');
-		putchar((unsigned char)*p < 0x20 ? ' ' : *p);
-	}
-	printf("\"}\n");
-	exit(1);
-}
 
 /*
  * The answer is built in memory and printed at the end, so a die() on the
@@ -1523,14 +1506,12 @@ static void cmd_selftest(const struct options *o)
 
 /* ---------------------------------------------------------------- main */
 
-static long parse_long(const char *name, const char *arg, long min, long max)
+/* parse_long() limited to min..max. */
+static long parse_ranged(const char *name, const char *arg, long min, long max)
 {
-	char *end;
-	long v;
+	long v = parse_long(name, arg);
 
-	errno = 0;
-	v = strtol(arg, &end, 0);
-	if (errno || end == arg || *end || v < min || v > max)
+	if (v < min || v > max)
 		die("invalid value for --%s: '%s' (%ld..%ld)", name, arg, min, max);
 	return v;
 }
@@ -1556,12 +1537,12 @@ static void parse_options(int argc, char **argv, struct options *o)
 		switch (c) {
 		case 'b': o->bdf = optarg; break;
 		case 'p': o->peer = optarg; break;
-		case 'r': o->ring_kb = parse_long("ring-kb", optarg, 1, HUGE_SIZE / 1024); break;
+		case 'r': o->ring_kb = parse_ranged("ring-kb", optarg, 1, HUGE_SIZE / 1024); break;
 		case 'i':
-			o->interval_us = parse_long("interval-us", optarg,
+			o->interval_us = parse_ranged("interval-us", optarg,
 						    INTERVAL_MIN_US, INTERVAL_MAX_US);
 			break;
-		case 'n': o->slots = parse_long("slots", optarg, 1, RX_SLOTS); break;
+		case 'n': o->slots = parse_ranged("slots", optarg, 1, RX_SLOTS); break;
 		case 'a':
 			o->path = -1;
 			for (long i = 0; i < 3; i++)

@@ -105,6 +105,12 @@ def check_equal(where: str, what: str, expected: object, observed: object) -> No
         raise CheckFailed(f"{where}: {what} is {observed!r}, expected {expected!r}")
 
 
+def _verdict(where: str, problems: list[str], report: dict[str, Any]) -> None:
+    """Fail with every problem on the first line and the agent's report below."""
+    if problems:
+        raise CheckFailed(f"{where}: " + "; ".join(problems) + f"\n  report: {report}")
+
+
 def _first(seqs: Sequence[object]) -> str:
     return ", ".join(str(s) for s in seqs[:8]) + (" ..." if len(seqs) > 8 else "")
 
@@ -125,8 +131,7 @@ def check_records(where: str, report: dict[str, Any]) -> None:
     if report.get("stopped"):
         problems.append(f"{report['stopped']} DMA record(s) written while the device was stopped "
                         f"(seq {_first(report['stopped_seqs'])})")
-    if problems:
-        raise CheckFailed(f"{where}: " + "; ".join(problems) + f"\n  report: {report}")
+    _verdict(where, problems, report)
 
 
 def check_device_memory(where: str, report: dict[str, Any]) -> None:
@@ -156,5 +161,4 @@ def check_p2p(where: str, report: dict[str, Any]) -> None:
         problems.append(f"{report['quiesced']} P2P record(s) sent while the sender was quiesced")
     if report.get("stopped"):
         problems.append(f"{report['stopped']} P2P record(s) sent while the sender was stopped")
-    if problems:
-        raise CheckFailed(f"{where}: " + "; ".join(problems) + f"\n  report: {report}")
+    _verdict(where, problems, report)
