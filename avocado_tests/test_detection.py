@@ -101,7 +101,7 @@ class Detection(DeviceTest):
         """PRECOPY_INFO reports nothing pending while data is pending."""
         self.capabilities["switchover-ack"] = True
         self.capabilities["return-path"] = True
-        self.detect("lie_precopy_info zero", r"pre-copy",
+        self.detect("lie_precopy_info zero", r"under-reported",
                     lambda: self.migrate_loaded(arm=on_source("lie_precopy_info", "zero")))
 
     def test_delay_save(self) -> None:

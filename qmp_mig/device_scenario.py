@@ -24,7 +24,7 @@ from .fsm import Flag, State
 from .migration import Migration, MigrationResult
 from .qemu import QemuInstance
 from .qmigdev import Qmigdev, flag_attributes
-from .scenario import MigrationTest
+from .scenario import Finding, MigrationTest
 from .testbed import RunningVm
 
 FULL = Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY
@@ -32,12 +32,6 @@ SEEDS = (0x51AD, 0x7E57)  # device-memory patterns, one per function
 # Emulated guests stop for 100-200 ms with the default 300 ms limit; a device that
 # takes seconds to save its state shows up far above this.
 DOWNTIME_SLACK_MS = 1000
-
-
-@dataclass
-class Finding:
-    check: str
-    message: str
 
 
 @dataclass
@@ -56,8 +50,6 @@ class DeviceTest(MigrationTest):
         super().setUp()
         if self.config.test_device is None:
             self.cancel("the host configuration names no [test_device] (devices/qmigdev)")
-        self.findings: list[Finding] = []
-        self.collect = False  # detection tests run every check and keep what failed
 
     # --- devices ----------------------------------------------------------------
 
@@ -71,20 +63,6 @@ class DeviceTest(MigrationTest):
 
     def qmigdevs(self, qemu: QemuInstance) -> list[Qmigdev]:
         return [Qmigdev(self.bed.host, a.device.sysfs_path) for a in qemu.devices]
-
-    # --- checks, stopping or collecting -------------------------------------------
-
-    def step(self, check: str, action: Callable[..., None], *args: Any) -> bool:
-        """Run one named check; False if it failed (detection mode) instead of raising."""
-        try:
-            action(*args)
-            return True
-        except CheckFailed as exc:
-            if not self.collect:
-                raise
-            self.findings.append(Finding(check, str(exc).splitlines()[0]))
-            self.mark("suite", f"{check}: {str(exc).splitlines()[0]}", kind="note", failed=True)
-            return False
 
     # --- load ------------------------------------------------------------------------
 
@@ -170,6 +148,7 @@ class DeviceTest(MigrationTest):
         migration = self.start_migration(source, specs=specs)
         result = self._wait(migration, timeout)
         if not self.step("migration", _check_completed, result):
+            self.step("PRECOPY_INFO", self.check_precopy_info, source)
             self.check_device_view(source.qemu, source.flags)
             return None
         assert isinstance(result, MigrationResult)

@@ -19,6 +19,7 @@ from pathlib import Path
 from .devices import VfioDevice
 from .fsm import State
 from .hosts import Host, HostProcess, fetch
+from .qemu_trace import TRACE_EVENTS, TraceRecord, parse
 from .qmp import QmpSession
 
 
@@ -71,6 +72,7 @@ class QemuInstance:
         self.artifacts = artifacts
         self.console_path = f"{workdir}/{name}.console.log"
         self.stderr_path = f"{workdir}/{name}.stderr.log"
+        self.trace_path = f"{workdir}/{name}.trace.log"
         self.ssh_port = 0
         self.qmp: QmpSession | None = None
         self._process: HostProcess | None = None
@@ -95,6 +97,12 @@ class QemuInstance:
         ]
         for attachment in self.devices:
             argv += attachment.device.qemu_args(attachment.device_id)
+        if self.devices:
+            # QEMU's view of each device's migration data (what PRECOPY_INFO
+            # announced, what each read returned): see qemu_trace.
+            argv += ["-D", self.trace_path]
+            for event in TRACE_EVENTS:
+                argv += ["-trace", event]
         # A fresh VM starts paused so QMP hears its first events (the VM start
         # walk); an incoming one cannot run before its migration and must
         # autostart after it, as a destination does.
@@ -209,8 +217,20 @@ class QemuInstance:
                 walks[e.data["device-id"]].append((e.time, State.from_qapi(e.data["device-state"])))
         return walks
 
+    def vfio_trace(self) -> list[TraceRecord]:
+        """QEMU's vfio migration trace so far, read on its host (empty without devices)."""
+        if not self.devices:
+            return []
+        result = self.host.run(["cat", self.trace_path], check=False)
+        return parse(result.stdout)
+
+    def device_name(self, device_id: str) -> str:
+        """QEMU's name for a device in its trace: the last part of its sysfs path."""
+        attachment = next(a for a in self.devices if a.device_id == device_id)
+        return Path(attachment.device.sysfs_path).name
+
     def _collect_artifacts(self) -> None:
-        for remote in (self.console_path, self.stderr_path):
+        for remote in (self.console_path, self.stderr_path, self.trace_path):
             fetch(self.host, remote, self.artifacts / Path(remote).name)
         if self.qmp:
             timeline = [

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,19 @@ from . import fsm
 from .agents import MTTY_PATTERN, MemoryAgent, MttyAgent
 from .checks import CheckFailed, check_bytes, check_equal, check_memory, check_walk
 from .config import DeviceConfig
-from .fsm import State
+from .fsm import Flag, State
 from .migration import Migration, MigrationResult
+from .qemu_trace import save_sessions
 from .testbed import KernelCheck, RunningVm, Testbed
 from .timeline import Mark, marks_from_events, marks_from_transcript, write_timeline
+
+
+@dataclass
+class Finding:
+    """A check that failed in collecting mode, and its message."""
+
+    check: str
+    message: str
 
 
 class MigrationTest(Test):
@@ -54,6 +64,8 @@ class MigrationTest(Test):
         self.artifacts = Path(self.logdir) / "artifacts"
         self.marks: list[Mark] = []
         self.kernel_check: KernelCheck | None = None
+        self.findings: list[Finding] = []
+        self.collect = False  # detection tests run every check and keep what failed
         self.bed = Testbed(config, self.artifacts)
         workload = config.workload
         self.memory_mb = int(self.params.get("memory_mb", default=workload.memory_mb))
@@ -83,6 +95,19 @@ class MigrationTest(Test):
     def mark(self, vm: str, text: str, kind: str = "guest", failed: bool = False) -> None:
         self.marks.append(Mark(time.time(), vm, kind, text, failed))
         self.log.info("%s: %s", vm, text)
+
+    def step(self, check: str, action: Callable[..., None], *args: Any) -> bool:
+        """Run one named check. It raises, unless the test collects (a detection
+        test): then the failure is kept as a finding and the result is False."""
+        try:
+            action(*args)
+            return True
+        except CheckFailed as exc:
+            if not self.collect:
+                raise
+            self.findings.append(Finding(check, str(exc).splitlines()[0]))
+            self.mark("suite", f"{check}: {str(exc).splitlines()[0]}", kind="note", failed=True)
+            return False
 
     def write_timeline(self, vms: list[str]) -> None:
         marks = list(self.marks)
@@ -170,6 +195,7 @@ class MigrationTest(Test):
         self.log.info("migration %s", result.summary())
         self.whiteboard = result.summary()
         check_equal("migration", "status", "completed", f"{result.status} {result.error}".strip())
+        self.step("PRECOPY_INFO", self.check_precopy_info, source)
         destination = migration.destination
         guest = self.bed.guest(destination)
         start = {d: fsm.destination_events(f) for d, f in source.flags.items()}
@@ -238,6 +264,20 @@ class MigrationTest(Test):
                        source.qemu.vfio_walk(device_id))
             check_walk(f"{destination.qemu.name} {device_id}", fsm.destination_events(flags),
                        destination.qemu.vfio_walk(device_id))
+
+    def check_precopy_info(self, source: RunningVm) -> None:
+        """Each pre-copy device announced through PRECOPY_INFO what its data fd then
+        gave (QEMU's trace of the source; see qemu_trace)."""
+        names = {source.qemu.device_name(d): d for d, f in source.flags.items() if f & Flag.PRE_COPY}
+        problems = []
+        for session in save_sessions(source.qemu.vfio_trace()):
+            if session.device not in names:
+                continue
+            where = f"{source.qemu.name} {names[session.device]}"
+            self.log.info("pre-copy data of %s: %s", where, session.summary())
+            problems += [f"{where}: {p}" for p in session.problems]
+        if problems:
+            raise CheckFailed("\n".join(problems))
 
     def check_kernel(self) -> None:
         """The kernel's arcs for every VM so far agree with the FSM and with QEMU."""

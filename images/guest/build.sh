@@ -151,6 +151,10 @@ hostname qmp-mig-guest
 # The memory agent names corrupted pages by guest-physical address: never let
 # compaction move its locked pages to another address behind its back.
 echo 0 >/proc/sys/vm/compact_unevictable_allowed
+# The device agent keeps its DMA ring and buffer in 2 MiB huge pages (two per
+# function, two functions). Reserve them now, while memory is unfragmented:
+# growing the pool later makes the kernel compact for tens of seconds.
+echo 4 >/proc/sys/vm/nr_hugepages || note "cannot reserve huge pages"
 
 while read -r ko; do
     insmod "/lib/modules/$ko" || note "insmod $ko failed"
