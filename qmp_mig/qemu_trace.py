@@ -97,9 +97,12 @@ def save_sessions(records: list[TraceRecord]) -> list[SaveSession]:
     with what PRECOPY_INFO announced set against what the reads returned."""
     sessions: list[SaveSession] = []
     open_sessions: dict[str, _Tracker] = {}
+    states: dict[str, str] = {}  # QEMU sets PRE_COPY just before vfio_save_setup
     for r in records:
+        if r.event == "vfio_migration_set_device_state":
+            states[r.device] = r.state
         if r.event == "vfio_save_setup":
-            tracker = _Tracker(SaveSession(r.device))
+            tracker = _Tracker(SaveSession(r.device), states.get(r.device, ""))
             open_sessions[r.device] = tracker
             sessions.append(tracker.session)
         elif r.device in open_sessions:
