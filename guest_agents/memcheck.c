@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <sched.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -561,6 +562,14 @@ static void redirect_stdio(const char *dir)
 		close(out);
 }
 
+static void set_policy(int policy)
+{
+	struct sched_param param = { .sched_priority = 0 };
+
+	if (sched_setscheduler(0, policy, &param) != 0)
+		fprintf(stderr, "memcheck: sched_setscheduler(%d): %s\n", policy, strerror(errno));
+}
+
 static void __attribute__((noreturn))
 run_daemon(struct region *r, const char *dir, struct control *ctl)
 {
@@ -577,7 +586,15 @@ run_daemon(struct region *r, const char *dir, struct control *ctl)
 	publish_state(r, dir, ctl);
 	__atomic_store_n(&ctl->phase, PHASE_RUNNING, __ATOMIC_RELEASE);
 
+	/*
+	 * The loop never sleeps: on the guest's one vCPU it would halve the speed
+	 * of everything else (sshd, the other agents).  SCHED_IDLE lets it dirty
+	 * pages whenever the guest has nothing else to do, which under migration
+	 * is nearly always.
+	 */
+	set_policy(SCHED_IDLE);
 	dirty_loop(r, ctl);
+	set_policy(SCHED_OTHER);
 	__atomic_store_n(&ctl->phase, PHASE_VERIFYING, __ATOMIC_RELEASE);
 	verify_and_report(r, dir, ctl);
 	__atomic_store_n(&ctl->phase, PHASE_DONE, __ATOMIC_RELEASE);

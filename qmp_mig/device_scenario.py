@@ -211,7 +211,7 @@ class DeviceTest(MigrationTest):
         source = self.bed.boot("source", specs=specs)
         self.load_guest(source)
         load = self.start_device_load(source)
-        migration = self.paused_at_switchover(source, "destination")
+        migration = self.paused_at_switchover(source, "destination", specs=specs)
         failed = migration.destination
         devices = self.qmigdevs(failed)
         if arm is not None:

@@ -46,6 +46,9 @@ _DEFAULT_SCENARIOS = (
     "avocado_tests/test_refusals.py:Refusals.test_blocker_no_dirty_tracking",
     "avocado_tests/test_refusals.py:Refusals.test_postcopy_refused",
     "avocado_tests/test_device.py:DeviceMigration.test_dma_and_p2p_load",
+    "avocado_tests/test_device.py:DeviceMigration.test_flag_walks",
+    "avocado_tests/test_device.py:ResetRecovery.test_error_reset_then_migrate",
+    "avocado_tests/test_device.py:ResetRecovery.test_reuse_after_failed_destination",
 )
 # Variants multiply every test of their job, so the option matrix is a job of its own.
 SUITES: dict[str, tuple[Part, ...]] = {

@@ -212,11 +212,16 @@ class MigrationTest(Test):
         migration.wait_for_status("active", timeout=120)
         return migration
 
-    def paused_at_switchover(self, source: RunningVm, name: str) -> Migration:
+    def paused_at_switchover(self, source: RunningVm, name: str, *,
+                             specs: Sequence[DeviceConfig] | None = None) -> Migration:
         """A migration held at pre-switchover (pause-before-switchover): the source VM
         is stopped and its devices are on the stop-copy side, waiting for us."""
-        migration = self.start_migration(source, name, capabilities={"pause-before-switchover": True})
-        migration.wait_for_status("pre-switchover", timeout=600)
+        migration = self.start_migration(source, name, specs=specs,
+                                         capabilities={"pause-before-switchover": True})
+        reached = migration.wait_for_status("pre-switchover", timeout=600).data["status"]
+        if reached != "pre-switchover":
+            error = source.qemu.monitor.execute("query-migrate").get("error-desc", "")
+            raise CheckFailed(f"migration {reached} before it reached pre-switchover: {error}")
         self.mark(source.qemu.name, "paused before switchover", kind="note")
         for device_id, flags in source.flags.items():
             stopped = fsm.source_events(flags)[:-1]
