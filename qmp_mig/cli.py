@@ -86,6 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     detection = detection_table(jobs)
     if detection is not None:
         console.print(detection)
+        # The same table as plain text next to the run's results, for a report or a note.
+        with (run_dir / "detection.txt").open("w") as out:
+            Console(file=out, width=200, color_system=None).print(detection)
+        say(f"detection table: {run_dir / 'detection.txt'}")
     report = write_run_report(run_dir, jobs, title=f"suite {args.suite}")
     say(f"total wall time {time.monotonic() - started:.0f} s")
     say(f"HTML report: {report}")

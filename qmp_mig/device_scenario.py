@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +129,10 @@ class DeviceTest(MigrationTest):
                        {"state": state.name, "arcs": [a.describe() for a in arcs], "counters": device.counters()})
 
     def _save(self, name: str, report: object) -> None:
+        """A report as JSON in the artifacts, under a name safe to type in a shell."""
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        (self.artifacts / name).write_text(json.dumps(report, indent=1))
+        safe = re.sub(r"[^\w.:-]+", "-", name)
+        (self.artifacts / safe).write_text(json.dumps(report, indent=1))
 
     # --- the normal scenario -----------------------------------------------------------
 
