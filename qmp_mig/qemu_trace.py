@@ -119,6 +119,7 @@ class _Tracker:
     entry_pending: bool = False  # waiting for the first pre-copy read
     read_since_iterate: bool = False
     after_empty_read: bool = False  # the last pre-copy read hit the end of stream
+    stuck_reported: bool = False
 
     def feed(self, r: TraceRecord) -> None:
         s = self.session
@@ -133,12 +134,12 @@ class _Tracker:
             if self.entry_pending:  # a fresh answer before anything was read
                 s.entry_announced = r.pending()
             initial = r.values.get("precopy initial size", 0)
-            if self.after_empty_read and initial:
+            if self.after_empty_read and initial and not self.stuck_reported:
+                self.stuck_reported = True  # once per session: it repeats every iteration
                 s.problems.append(
                     f"PRECOPY_INFO announced {initial} initial bytes right after the data fd "
                     f"reported the end of pre-copy data (ENOMSG): initial_bytes must reach zero when "
                     f"the initial data has been read")
-                self.after_empty_read = False  # one finding per episode
         elif r.event == "vfio_save_block" and r.values.get("data_size", 0) > 0:
             size = r.values["data_size"]
             self.read_since_iterate = True
