@@ -76,8 +76,10 @@ class Detection(DeviceTest):
                     lambda: self.migrate_loaded(arm=on_source("corrupt_stream", "1")))
 
     def test_truncate_stream(self) -> None:
-        """Ends the stream halfway through the device section (a short save)."""
-        self.detect("truncate_stream", r"migration failed",
+        """Ends the stream halfway through the device section (a short save). The
+        destination device refuses to leave RESUMING; QEMU 10.0 resets it and runs
+        the VM anyway, so the migration "completes" with the device state gone."""
+        self.detect("truncate_stream", r"Resetting device",
                     lambda: self.migrate_loaded(arm=on_source("truncate_stream", "1")))
 
     def test_drop_state(self) -> None:

@@ -224,6 +224,13 @@ class QemuInstance:
         result = self.host.run(["cat", self.trace_path], check=False)
         return parse(result.stdout)
 
+    def device_errors(self, device_id: str) -> list[str]:
+        """What QEMU reported on stderr about one device (its errors, not warnings)."""
+        name = self.device_name(device_id)
+        result = self.host.run(["cat", self.stderr_path], check=False)
+        return [line.split(f"{name}: ", 1)[-1] for line in result.stdout.splitlines()
+                if f"{name}: " in line and "warning:" not in line]
+
     def device_name(self, device_id: str) -> str:
         """QEMU's name for a device in its trace: the last part of its sysfs path."""
         attachment = next(a for a in self.devices if a.device_id == device_id)

@@ -35,6 +35,7 @@ from .checks import CheckFailed, check_bytes, check_equal, check_memory, check_w
 from .config import DeviceConfig
 from .fsm import Flag, State
 from .migration import Migration, MigrationResult
+from .qemu import QemuInstance
 from .qemu_trace import save_sessions
 from .testbed import KernelCheck, RunningVm, Testbed
 from .timeline import Mark, marks_from_events, marks_from_transcript, write_timeline
@@ -264,11 +265,11 @@ class MigrationTest(Test):
     def check_migrated_walks(self, source: RunningVm, destination: RunningVm) -> None:
         """Both sides of a completed migration walked as the model says."""
         for device_id, flags in source.flags.items():
-            check_walk(f"{source.qemu.name} {device_id}",
-                       source.expected_walk(device_id, fsm.source_events(flags)),
-                       source.qemu.vfio_walk(device_id))
-            check_walk(f"{destination.qemu.name} {device_id}", fsm.destination_events(flags),
-                       destination.qemu.vfio_walk(device_id))
+            check_device_walk(source.qemu, device_id,
+                              source.expected_walk(device_id, fsm.source_events(flags)),
+                              source.qemu.vfio_walk(device_id))
+            check_device_walk(destination.qemu, device_id, fsm.destination_events(flags),
+                              destination.qemu.vfio_walk(device_id))
 
     def check_precopy_info(self, source: RunningVm) -> None:
         """Each pre-copy device announced through PRECOPY_INFO what its data fd then
@@ -300,6 +301,20 @@ class MigrationTest(Test):
         """Why this scenario is expected to fail with the configured devices, if it is."""
         reasons = [d.known_issues[scenario] for d in self.config.devices if scenario in d.known_issues]
         return "; ".join(reasons) or None
+
+
+def check_device_walk(qemu: QemuInstance, device_id: str, expected: Sequence[State],
+                      observed: Sequence[State]) -> None:
+    """check_walk, and when the walk differs, the error QEMU gave for that device
+    (such as a failed arc it recovered from by a reset) on the first line."""
+    try:
+        check_walk(f"{qemu.name} {device_id}", expected, observed)
+    except CheckFailed as exc:
+        errors = qemu.device_errors(device_id)
+        if not errors:
+            raise
+        first, _, details = str(exc).partition("\n")
+        raise CheckFailed(f"{first} (QEMU: {errors[-1]})\n{details}") from None
 
 
 def _table(params: Any, name: str) -> dict[str, Any]:
