@@ -224,6 +224,13 @@ class QemuInstance:
         result = self.host.run(["cat", self.trace_path], check=False)
         return parse(result.stdout)
 
+    def last_error(self) -> str:
+        """QEMU's last error line on stderr (not a warning): why it died, if it did."""
+        result = self.host.run(["cat", self.stderr_path], check=False)
+        errors = [line for line in result.stdout.splitlines()
+                  if line.startswith("qemu") and "warning:" not in line]
+        return errors[-1] if errors else "(nothing on stderr)"
+
     def device_errors(self, device_id: str) -> list[str]:
         """What QEMU reported on stderr about one device (its errors, not warnings)."""
         name = self.device_name(device_id)
