@@ -19,8 +19,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <sched.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -808,7 +808,6 @@ static void cmd_stop(const struct options *o)
 }
 
 /* ---------------------------------------------------------------- main */
-
 
 static void parse_options(int argc, char **argv, struct options *o)
 {

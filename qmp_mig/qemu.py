@@ -224,19 +224,21 @@ class QemuInstance:
         result = self.host.run(["cat", self.trace_path], check=False)
         return parse(result.stdout)
 
-    def last_error(self) -> str:
-        """QEMU's last error line on stderr (not a warning): why it died, if it did."""
+    def _errors(self) -> list[str]:
+        """QEMU's error lines on stderr (its own lines, warnings left out)."""
         result = self.host.run(["cat", self.stderr_path], check=False)
-        errors = [line for line in result.stdout.splitlines()
-                  if line.startswith("qemu") and "warning:" not in line]
+        return [line for line in result.stdout.splitlines()
+                if line.startswith("qemu") and "warning:" not in line]
+
+    def last_error(self) -> str:
+        """QEMU's last error line: why it died, if it did."""
+        errors = self._errors()
         return errors[-1] if errors else "(nothing on stderr)"
 
     def device_errors(self, device_id: str) -> list[str]:
-        """What QEMU reported on stderr about one device (its errors, not warnings)."""
-        name = self.device_name(device_id)
-        result = self.host.run(["cat", self.stderr_path], check=False)
-        return [line.split(f"{name}: ", 1)[-1] for line in result.stdout.splitlines()
-                if f"{name}: " in line and "warning:" not in line]
+        """What QEMU reported as errors about one device."""
+        name = f"{self.device_name(device_id)}: "
+        return [line.split(name, 1)[1] for line in self._errors() if name in line]
 
     def device_name(self, device_id: str) -> str:
         """QEMU's name for a device in its trace: the last part of its sysfs path."""
@@ -244,7 +246,8 @@ class QemuInstance:
         return Path(attachment.device.sysfs_path).name
 
     def _collect_artifacts(self) -> None:
-        for remote in (self.console_path, self.stderr_path, self.trace_path):
+        traced = [self.trace_path] if self.devices else []
+        for remote in (self.console_path, self.stderr_path, *traced):
             fetch(self.host, remote, self.artifacts / Path(remote).name)
         if self.qmp:
             timeline = [
