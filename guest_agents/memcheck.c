@@ -9,7 +9,7 @@
  * every page against the generation it recorded, naming each bad page by its
  * index and guest-physical address.  Every command prints one line of JSON.
  *
- *   start --size-mb N --dirty-mb M [--state DIR] [--timeout S]
+ *   start --size-mb N --dirty-mb M [--rate-mb R] [--state DIR] [--timeout S]
  *   status [--state DIR]
  *   verify [--state DIR] [--timeout S]
  *   gpa --page P [--state DIR]
@@ -76,6 +76,7 @@ struct options {
 	const char *state_dir;
 	long size_mb;
 	long dirty_mb;
+	long rate_mb;
 	long page;
 	long timeout_s;
 };
@@ -384,6 +385,22 @@ static void sleep_poll_interval(void)
 	nanosleep(&ts, NULL);
 }
 
+static struct timespec timespec_add_ns(struct timespec t, uint64_t ns)
+{
+	t.tv_sec += (time_t)(ns / 1000000000ULL);
+	t.tv_nsec += (long)(ns % 1000000000ULL);
+	if (t.tv_nsec >= 1000000000L) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000L;
+	}
+	return t;
+}
+
+static bool timespec_before(struct timespec a, struct timespec b)
+{
+	return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -400,6 +417,7 @@ struct region {
 	uint64_t pages;
 	uint64_t dirty_pages;
 	uint64_t seed;
+	uint64_t pass_ns;	/* a pass over the dirty pages takes at least this */
 };
 
 /* Record why setup failed where "start" reads it, then exit. */
@@ -484,16 +502,28 @@ static void publish_state(const struct region *r, const char *dir,
 static void dirty_loop(const struct region *r, struct control *ctl)
 {
 	uint64_t rewrites = 0, p = 0;
+	struct timespec pass_end, now;
 
 	/* Nothing to dirty: idle, noticing the signal within one poll interval. */
 	while (!stop_requested && r->dirty_pages == 0)
 		sleep_poll_interval();
+	clock_gettime(CLOCK_MONOTONIC, &pass_end);
 	while (!stop_requested) {
 		write_page(page_addr(r, p), r->seed, p, r->gen[p] + 1);
 		r->gen[p]++;
 		__atomic_store_n(&ctl->rewrites, ++rewrites, __ATOMIC_RELAXED);
-		if (++p == r->dirty_pages)
-			p = 0;
+		if (++p < r->dirty_pages)
+			continue;
+		p = 0;
+		if (r->pass_ns == 0)
+			continue;
+		/* Paced: sleep out the rest of this pass's time (SIGUSR1 cuts it short). */
+		pass_end = timespec_add_ns(pass_end, r->pass_ns);
+		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &pass_end, NULL);
+		/* A pass slower than its time (a slow vCPU) does not bank credit. */
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (timespec_before(pass_end, now))
+			pass_end = now;
 	}
 }
 
@@ -587,10 +617,9 @@ run_daemon(struct region *r, const char *dir, struct control *ctl)
 	__atomic_store_n(&ctl->phase, PHASE_RUNNING, __ATOMIC_RELEASE);
 
 	/*
-	 * The loop never sleeps: on the guest's one vCPU it would halve the speed
-	 * of everything else (sshd, the other agents).  SCHED_IDLE lets it dirty
-	 * pages whenever the guest has nothing else to do, which under migration
-	 * is nearly always.
+	 * SCHED_IDLE: whatever else the guest runs (sshd, the other agents) goes
+	 * first.  Unpaced (--rate-mb 0) the loop still keeps the vCPU busy, which
+	 * under nested emulation slows the whole lab; a rate lets the vCPU idle.
 	 */
 	set_policy(SCHED_IDLE);
 	dirty_loop(r, ctl);
@@ -673,6 +702,8 @@ static void cmd_start(const struct options *o)
 		die("start needs --size-mb N with N > 0");
 	if (o->dirty_mb < 0 || o->dirty_mb > o->size_mb)
 		die("start needs --dirty-mb M with 0 <= M <= size-mb (%ld)", o->size_mb);
+	if (o->rate_mb < 0)
+		die("--rate-mb must be >= 0 (0: rewrite as fast as the vCPU allows)");
 	make_dir(o->state_dir);
 	refuse_if_running(o->state_dir);
 	remove_old_files(o->state_dir);
@@ -681,6 +712,9 @@ static void cmd_start(const struct options *o)
 	r.pages = (uint64_t)o->size_mb * MIB / PAGE_SIZE;
 	r.dirty_pages = (uint64_t)o->dirty_mb * MIB / PAGE_SIZE;
 	r.seed = fresh_seed();
+	if (o->rate_mb > 0)
+		r.pass_ns = (uint64_t)((double)(r.dirty_pages * PAGE_SIZE) * 1e9 /
+				       ((double)o->rate_mb * MIB));
 	fflush(stdout);
 	child = fork();
 	if (child < 0)
@@ -690,8 +724,8 @@ static void cmd_start(const struct options *o)
 
 	wait_until_running(child, ctl, o->timeout_s);
 	printf("{\"pid\":%ld,\"pages\":%" PRIu64 ",\"dirty_pages\":%" PRIu64
-	       ",\"size_mb\":%ld}\n",
-	       (long)child, r.pages, r.dirty_pages, o->size_mb);
+	       ",\"size_mb\":%ld,\"rate_mb\":%ld}\n",
+	       (long)child, r.pages, r.dirty_pages, o->size_mb, o->rate_mb);
 }
 
 static void cmd_status(const struct options *o)
@@ -815,6 +849,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 		{ "state", required_argument, NULL, 's' },
 		{ "size-mb", required_argument, NULL, 'n' },
 		{ "dirty-mb", required_argument, NULL, 'm' },
+		{ "rate-mb", required_argument, NULL, 'r' },
 		{ "page", required_argument, NULL, 'p' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ 0 }
@@ -827,6 +862,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 		case 's': o->state_dir = optarg; break;
 		case 'n': o->size_mb = parse_long("size-mb", optarg); break;
 		case 'm': o->dirty_mb = parse_long("dirty-mb", optarg); break;
+		case 'r': o->rate_mb = parse_long("rate-mb", optarg); break;
 		case 'p': o->page = parse_long("page", optarg); break;
 		case 't': o->timeout_s = parse_long("timeout", optarg); break;
 		default: die("unknown or incomplete option '%s'", argv[optind - 1]);

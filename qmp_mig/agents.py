@@ -27,8 +27,11 @@ class MemoryAgent:
             [MEMCHECK, *args, "--timeout", str(int(self.timeout))], timeout=self.timeout + 30
         )
 
-    def start(self, size_mb: int, dirty_mb: int) -> dict[str, Any]:
-        return self._run("start", "--size-mb", str(size_mb), "--dirty-mb", str(dirty_mb))
+    def start(self, size_mb: int, dirty_mb: int, rate_mb: int = 0) -> dict[str, Any]:
+        """Fill ``size_mb`` and keep rewriting its first ``dirty_mb``, at ``rate_mb``
+        MB/s (0: flat out)."""
+        return self._run("start", "--size-mb", str(size_mb), "--dirty-mb", str(dirty_mb),
+                         "--rate-mb", str(rate_mb))
 
     def status(self) -> dict[str, Any]:
         return self.guest.agent([MEMCHECK, "status"])

@@ -56,6 +56,7 @@ class WorkloadConfig:
 
     memory_mb: int = 64  # region the memory agent fills and verifies
     dirty_mb: int = 8  # part of it rewritten continuously
+    dirty_rate_mb: int = 0  # MB/s the rewriting is paced to; 0: as fast as the vCPU goes
     agent_timeout: float = 600.0  # for one agent command (fill, verify)
 
 

@@ -32,6 +32,12 @@ def _quiet_paramiko() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# One login's limit. A guest just restored or migrated under nested TCG runs with
+# a cold translation cache: its first login took 27 s in the lab. A shorter limit
+# abandons logins that were about to succeed, and each new one starts over.
+LOGIN_TIMEOUT = 120.0
+
+
 class GuestError(RuntimeError):
     """The guest could not be reached, or a command in it failed."""
 
@@ -54,7 +60,7 @@ class Guest:
         with _quiet_paramiko():  # refused attempts are expected; we report the last one
             while time.monotonic() < deadline:
                 try:
-                    self._client = self._login()
+                    self._client = self._login(min(LOGIN_TIMEOUT, max(1.0, deadline - time.monotonic())))
                     return self
                 except (paramiko.SSHException, OSError, EOFError) as exc:
                     last = exc
@@ -62,14 +68,19 @@ class Guest:
                     delay = min(delay * 1.5, 3.0)
         raise GuestError(f"{self.name}: no SSH login within {timeout:.0f} s (last error: {last})")
 
-    def _login(self) -> paramiko.SSHClient:
+    def _login(self, timeout: float) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         # Each guest image has its own host key and lives behind a private forward.
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect(
-            "guest", username="root", key_filename=self.key_file, sock=self.host.open_tcp(self.port),
-            look_for_keys=False, allow_agent=False, timeout=15, banner_timeout=15, auth_timeout=15,
-        )
+        try:
+            client.connect(
+                "guest", username="root", key_filename=self.key_file, sock=self.host.open_tcp(self.port),
+                look_for_keys=False, allow_agent=False,
+                timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+            )
+        except BaseException:
+            client.close()
+            raise
         return client
 
     def run(self, argv: list[str], *, timeout: float = 60, check: bool = True) -> tuple[int, str, str]:

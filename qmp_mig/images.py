@@ -50,10 +50,25 @@ RECIPES = {
 }
 
 
-def _files(path: Path) -> list[Path]:
+def _files(top: str) -> list[Path]:
+    """The files under ``top`` that belong to the project, ignored ones left out.
+
+    Build products (``guest_agents/build``) must not change a key: a fresh clone
+    and a worked-in tree have to find the same cached image and snapshots.
+    """
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", top],
+        capture_output=True, check=False,
+    )
+    if listed.returncode == 0:
+        names = {name for name in listed.stdout.decode().split("\0") if name}
+        return sorted(REPO / name for name in names if (REPO / name).is_file())
+    # Not a git checkout (an unpacked release): everything but build directories.
+    path = REPO / top
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    skipped = {"build", "__pycache__"}
+    return sorted(p for p in path.rglob("*") if p.is_file() and not skipped & set(p.relative_to(REPO).parts))
 
 
 def recipe_key(name: str) -> str:
@@ -62,7 +77,7 @@ def recipe_key(name: str) -> str:
     for needed in recipe.needs:
         digest.update(f"needs {needed} {recipe_key(needed)}\n".encode())
     for top in recipe.inputs:
-        for file in _files(REPO / top):
+        for file in _files(top):
             digest.update(f"{file.relative_to(REPO)}\n".encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]

@@ -205,10 +205,12 @@ def _write_config(state: LabState) -> None:
         # No SVM for the guest: with it QEMU migrates nested state, which this KVM then
         # refuses on the destination ("Failed to set nested state: Invalid argument").
         vm = 'accel = "kvm"\n# The lab\'s CPU as KVM exposes it, without SVM (no nested state to migrate).\ncpu = "host,svm=off"'
-        workload = (32, 4)
+        workload = (32, 4, 0)
     else:
         vm = 'accel = "tcg"\n# With -cpu max the guest has RDRAND: no boot-time wait for entropy.\ncpu = "max"'
-        workload = (8, 1)
+        # Paced: an unpaced rewriter keeps the nested vCPU busy, and every guest
+        # command (each SSH login, each agent call) then takes several times longer.
+        workload = (8, 1, 4)
     Path(state.config).write_text(
         f"""# Written by `qmp-mig lab up`: the lab as a host over SSH.
 [host]
@@ -236,6 +238,7 @@ boot_timeout = 1200
 [workload]
 memory_mb = {workload[0]}
 dirty_mb = {workload[1]}
+dirty_rate_mb = {workload[2]}
 
 # The kernel's mtty sample. Without IOMMUFD the kernel has no device dirty
 # tracking, so QEMU must use the type1 container's, and be told migration is wanted.

@@ -4,7 +4,7 @@ the steps scenarios share, and what every test leaves behind.
 
 Parameters (``-p key=value`` or a variants YAML):
   host_config      the host TOML (``qmp-mig run`` passes the lab's)
-  memory_mb, dirty_mb   override the configuration's [workload]
+  memory_mb, dirty_mb, dirty_rate_mb   override the configuration's [workload]
   capabilities     table of migration capabilities for both sides
   parameters       table of migrate-set-parameters for both sides
   device_options   table of vfio-pci properties added to every device
@@ -71,6 +71,7 @@ class MigrationTest(Test):
         workload = config.workload
         self.memory_mb = int(self.params.get("memory_mb", default=workload.memory_mb))
         self.dirty_mb = int(self.params.get("dirty_mb", default=workload.dirty_mb))
+        self.dirty_rate_mb = int(self.params.get("dirty_rate_mb", default=workload.dirty_rate_mb))
         self.agent_timeout = float(workload.agent_timeout)
         self.capabilities = {k: bool(v) for k, v in _table(self.params, "capabilities").items()}
         self.parameters: dict[str, Any] = _table(self.params, "parameters")
@@ -143,9 +144,10 @@ class MigrationTest(Test):
 
     def load_guest(self, vm: RunningVm) -> dict[str, bytes]:
         """Start the memory agent and put known bytes into every mtty FIFO."""
-        started = self.memory(vm).start(self.memory_mb, self.dirty_mb)
+        started = self.memory(vm).start(self.memory_mb, self.dirty_mb, self.dirty_rate_mb)
+        pace = f" at {self.dirty_rate_mb} MB/s" if self.dirty_rate_mb else ""
         self.mark(vm.qemu.name, f"memory agent started: {started['pages']} pages, "
-                  f"{started['dirty_pages']} rewritten continuously")
+                  f"{started['dirty_pages']} rewritten continuously{pace}")
         fifo = {}
         mtty = MttyAgent(vm.guest)
         for port in mtty.ports():

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,12 +46,45 @@ def leftovers(config_path: Path) -> dict[str, list[str]]:
         host.close()
 
 
+# CI has 90 minutes for everything; the default suite takes 20-40 of them.
+SUITE_TIMEOUT = 3600
+
+
+def run_live(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``, echoing its output as it comes (CI's log shows how far it got).
+    Past ``timeout`` it gets Ctrl-C, as a person would give it, and the test fails
+    naming the last lines it printed."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def echo() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            print(f"[{time.strftime('%H:%M:%S')}] {line}", end="", flush=True)
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=10)
+        pytest.fail(f"`{' '.join(argv[2:])}` still running after {timeout:.0f} s; its last lines:\n"
+                    + "".join(lines[-15:]))
+    reader.join(timeout=30)
+    return subprocess.CompletedProcess(argv, process.returncode, "".join(lines), "")
+
+
 def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
     """`qmp-mig run` runs the default suite in the lab and every test passes."""
     started = time.monotonic()
-    run = subprocess.run([*QMP_MIG, "run", "--results", str(tmp_path)], capture_output=True, text=True,
-                         timeout=3600, check=False)
-    print(run.stdout[-6000:], run.stderr[-3000:])
+    run = run_live([*QMP_MIG, "run", "--results", str(tmp_path)], timeout=SUITE_TIMEOUT)
     last = run.stdout.strip().splitlines()[-1]
     assert last.startswith("results: "), last
     run_dir = Path(last.removeprefix("results: "))
@@ -85,7 +119,8 @@ def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path) -> None:
     cfg = config.load(lab_config)
     with Testbed(cfg, tmp_path) as bed:
         source = bed.boot("source")
-        pages = MemoryAgent(source.guest).start(cfg.workload.memory_mb, cfg.workload.dirty_mb)
+        pages = MemoryAgent(source.guest).start(
+            cfg.workload.memory_mb, cfg.workload.dirty_mb, cfg.workload.dirty_rate_mb)
         agent = MttyAgent(source.guest)
         port = agent.ports()[0]
         agent.write(port, MTTY_PATTERN)
