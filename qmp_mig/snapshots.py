@@ -19,8 +19,9 @@ from .hosts import Host
 from .qemu import VmSpec
 
 
-def snapshot_key(host: Host, spec: VmSpec, devices: Sequence[DeviceConfig]) -> str:
-    """Hash of everything that makes a saved guest loadable: images, spec, devices, QEMU."""
+def snapshot_name(host: Host, spec: VmSpec, devices: Sequence[DeviceConfig]) -> str:
+    """``guest-<images>-<all>.mig``: a hash of the guest's kernel and initrd, then one
+    of everything that makes a saved guest loadable (images, spec, devices, QEMU)."""
     images = host.run(["sha256sum", spec.kernel, spec.initrd]).stdout.split()[::2]
     qemu = host.run([spec.binary, "--version"]).stdout.splitlines()[0]
     identity = {
@@ -30,4 +31,16 @@ def snapshot_key(host: Host, spec: VmSpec, devices: Sequence[DeviceConfig]) -> s
                      "options": d.options} for d in devices],
         "qemu": qemu,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    whole = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return f"guest-{_images_hash(images)}-{whole}.mig"
+
+
+def stale(names: Sequence[str], current: str) -> list[str]:
+    """Snapshots of other guest images than ``current``'s: a rebuilt guest image
+    never loads them again. Those of the same image (other devices) stay."""
+    prefix = current.rsplit("-", 1)[0] + "-"
+    return [n for n in names if n.startswith("guest-") and n.endswith(".mig") and not n.startswith(prefix)]
+
+
+def _images_hash(digests: Sequence[str]) -> str:
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest()[:8]

@@ -29,7 +29,7 @@ from .hosts import Host, LocalHost, SshHost, fetch
 from .kernel_trace import KernelCall, KernelTrace, check_device, debugfs_state, stop_instance
 from .migration import restore_from_file, save_to_file
 from .qemu import QemuInstance, VmSpec
-from .snapshots import snapshot_key
+from .snapshots import snapshot_name, stale
 
 
 def connect(config: Config) -> Host:
@@ -179,7 +179,8 @@ class Testbed:
         """Path on the host of the booted-guest snapshot for these devices."""
         specs = self.config.devices if specs is None else specs
         directory = self.config.host.snapshot_dir or f"{self.config.host.workdir}/snapshots"
-        path = f"{directory}/guest-{snapshot_key(self.host, self.spec(), specs)}.mig"
+        name = snapshot_name(self.host, self.spec(), specs)
+        path = f"{directory}/{name}"
         if self.host.exists(path):
             return path
         # Cold boot once; the VM start walk is checked here since restores skip it.
@@ -195,6 +196,9 @@ class Testbed:
             raise RuntimeError(f"saving the booted guest to {path} ended {result.status}: {result.error}")
         self.host.run(["mv", partial, path])
         vm.qemu.shutdown()
+        old = stale(self.host.run(["ls", directory]).stdout.split(), name)
+        if old:  # 100 MB each, and nothing will load them again
+            self.host.run(["rm", "-f", *(f"{directory}/{n}" for n in old)])
         return path
 
     def guest(self, qemu: QemuInstance) -> Guest:

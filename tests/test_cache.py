@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Image keys: what changes them and what must not."""
+"""Image keys and snapshot names: what changes them, and what is stale."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qmp_mig import images
+from qmp_mig import images, snapshots
 
 
 def _tree(root: Path) -> None:
@@ -58,3 +58,11 @@ def test_the_guest_key_follows_the_lab(repo: Path) -> None:
     before = images.recipe_key("guest")
     (repo / "devices" / "qmigdev" / "qmigdev.c").write_text("int z;\n")
     assert images.recipe_key("guest") != before
+
+
+def test_stale_snapshots_are_those_of_other_guest_images() -> None:
+    current = "guest-aaaa1111-0123456789abcdef.mig"
+    names = [current, "guest-aaaa1111-fedcba9876543210.mig", "guest-bbbb2222-0123456789abcdef.mig",
+             "guest-0123456789abcdef.mig", "guest-aaaa1111-0123.mig.4242.partial", "notes.txt"]
+    assert snapshots.stale(names, current) == ["guest-bbbb2222-0123456789abcdef.mig",
+                                               "guest-0123456789abcdef.mig"]
