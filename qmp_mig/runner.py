@@ -106,7 +106,8 @@ def run_suite(
                               stderr=subprocess.STDOUT, text=True, bufsize=1, env=environment) as avocado:
             assert avocado.stdout is not None
             for line in avocado.stdout:
-                console.print(f"  [dim]avocado[/] {line.rstrip()}", highlight=False)
+                # Unbroken, whatever the width: a test's name must stay one line in a log.
+                console.print(f"  [dim]avocado[/] {line.rstrip()}", highlight=False, soft_wrap=True)
         new = sorted(set(results.glob("job-*")) - before)
         if not new:
             raise RunError(f"avocado exited {avocado.returncode} without a job directory in {results}")
