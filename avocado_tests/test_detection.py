@@ -42,7 +42,7 @@ class Detection(DeviceTest):
             self.findings.append(Finding("scenario", str(exc).splitlines()[0]))
             # A QEMU that died on its own says why on stderr.
             for qemu, _ in self.bed.vms:
-                if not qemu.running and qemu.ended_at is None:
+                if qemu.died():
                     self.findings.append(Finding("QEMU alive", f"{qemu.name} died: {qemu.last_error()}"))
         write_detection(self.artifacts / "detection.json", fault, self.findings)
         for finding in self.findings:

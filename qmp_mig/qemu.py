@@ -182,6 +182,18 @@ class QemuInstance:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def died(self, timeout: float = 30) -> bool:
+        """Whether QEMU ended without being asked to. A QEMU that closed its monitor
+        may still be dying (an abort dumps the vCPU state first): it gets ``timeout``
+        seconds to exit, so that its stderr holds its last words."""
+        if self.ended_at is not None or self._process is None:
+            return False
+        if self.running and not (self.qmp is not None and self.qmp.gone):
+            return False
+        with contextlib.suppress(TimeoutError):
+            self.exit_status = self._process.wait(timeout)
+        return True
+
     @property
     def monitor(self) -> QmpSession:
         if self.qmp is None:

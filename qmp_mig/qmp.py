@@ -136,6 +136,12 @@ class QmpSession:
         return reply
 
     @property
+    def gone(self) -> bool:
+        """QEMU's end of the monitor closed: it exited, crashed or is dying."""
+        with self._changed:
+            return self._gone
+
+    @property
     def events(self) -> list[Event]:
         with self._changed:
             return list(self._events)

@@ -51,5 +51,6 @@ def test_wait_fails_fast_when_qemu_goes_away(tmp_path: Path) -> None:
         with pytest.raises(QmpError, match="QEMU closed its monitor"):
             session.wait_event("RESUME", timeout=60)
         assert time.monotonic() - started < 10
+        assert session.gone  # what a test asks to tell a dying QEMU from a live one
     finally:
         session.close()
