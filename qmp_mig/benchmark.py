@@ -3,8 +3,10 @@
 
 Prints, for the configured host (the lab by default): a cold guest boot, the
 time to a ready guest as scenarios get it (snapshot restore + SSH login), each
-migration's harness time against QEMU's own ``total-time``, and the wall time
-of the last suite run found under the results directory. Figures only: no
+migration of a loaded guest (harness time against QEMU's own ``total-time``,
+then the SSH login and command latency on the destination, which dominate a
+scenario under nested TCG), and the wall time of the last suite run found under
+the results directory. Figures only: no
 thresholds, nothing here passes or fails.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .agents import MemoryAgent
 from .config import Config
 from .migration import Migration
 from .testbed import Testbed
@@ -64,6 +67,11 @@ def run(config: Config, results: Path, console: Console, restores: int = 3, migr
                 vm.qemu.shutdown()
         rows.append((f"ready guest per scenario (restore + SSH), {restores} runs",
                      f"median {statistics.median(ready):.1f} s (min {min(ready):.1f}, max {max(ready):.1f})"))
+        # Migrate a loaded guest (the memory agent at the configured workload) hop by
+        # hop: after each, the harness logs in again, as every scenario does.
+        workload = config.workload
+        memory = MemoryAgent(vm.guest, timeout=workload.agent_timeout)
+        memory.start(workload.memory_mb, workload.dirty_mb, workload.dirty_rate_mb)
         source = vm.qemu
         for i in range(migrations):
             destination, _ = bed.launch(f"hop{i}", incoming=True)
@@ -76,8 +84,22 @@ def run(config: Config, results: Path, console: Console, restores: int = 3, migr
                          f"{harness * 1000:.0f} ms vs {result.total_ms} ms "
                          f"(overhead {harness * 1000 - (result.total_ms or 0):.0f} ms; "
                          f"downtime {result.downtime_ms} ms)"))
+            started = time.monotonic()
+            guest = bed.guest(destination)
+            login = time.monotonic() - started
+            commands = []
+            for _ in range(3):
+                started = time.monotonic()
+                guest.run(["true"])
+                commands.append(time.monotonic() - started)
+            rows.append((f"migration {i + 1}: SSH login, then 3 commands",
+                         f"{login:.1f} s, then {', '.join(f'{c:.1f}' for c in commands)} s"))
+            memory = MemoryAgent(guest, timeout=workload.agent_timeout)
             source.shutdown()
             source = destination
+        report = memory.verify()
+        rows.append(("memory agent after the last hop",
+                     f"{report['pages']} pages, {report['rewrites']} rewrites, {report['bad_pages']} bad"))
     suite = last_suite_time(results)
     rows.append(("last suite run in the lab",
                  f"{suite[1]:.0f} s ({suite[0]})" if suite else "no run under " + str(results)))
