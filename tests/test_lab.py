@@ -166,10 +166,17 @@ def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path) -> None:
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
 
 
+def _as_in_a_terminal() -> None:
+    # A job started in the background by a shell without job control (`cmd &` in a
+    # script, as a CI wrapper may do) inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt. A run in a terminal has the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_leaves_nothing_behind(lab_config: Path, tmp_path: Path) -> None:
     """Ctrl-C while a VM runs in the lab: no QEMU, mdev or work dir survives."""
     run = subprocess.Popen([*QMP_MIG, "run", "--results", str(tmp_path)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+                           stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 600
         while not leftovers(lab_config)["qemu"]:
