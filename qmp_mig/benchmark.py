@@ -70,8 +70,9 @@ def run(config: Config, results: Path, console: Console, restores: int = 3, migr
         # Migrate a loaded guest (the memory agent at the configured workload) hop by
         # hop: after each, the harness logs in again, as every scenario does.
         workload = config.workload
-        memory = MemoryAgent(vm.guest, timeout=workload.agent_timeout)
-        memory.start(workload.memory_mb, workload.dirty_mb, workload.dirty_rate_mb)
+        guest = vm.guest
+        MemoryAgent(guest, timeout=workload.agent_timeout).start(
+            workload.memory_mb, workload.dirty_mb, workload.dirty_rate_mb)
         source = vm.qemu
         for i in range(migrations):
             destination, _ = bed.launch(f"hop{i}", incoming=True)
@@ -94,10 +95,9 @@ def run(config: Config, results: Path, console: Console, restores: int = 3, migr
                 commands.append(time.monotonic() - started)
             rows.append((f"migration {i + 1}: SSH login, then 3 commands",
                          f"{login:.1f} s, then {', '.join(f'{c:.1f}' for c in commands)} s"))
-            memory = MemoryAgent(guest, timeout=workload.agent_timeout)
             source.shutdown()
             source = destination
-        report = memory.verify()
+        report = MemoryAgent(guest, timeout=workload.agent_timeout).verify()
         rows.append(("memory agent after the last hop",
                      f"{report['pages']} pages, {report['rewrites']} rewrites, {report['bad_pages']} bad"))
     suite = last_suite_time(results)
