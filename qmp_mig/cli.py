@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from . import benchmark, images, lab
+from . import benchmark, images, lab, leftovers
 from .config import ConfigError
 from .config import load as load_config
+from .host_loss import host_lost
+from .interrupts import GRACE, Interrupted, Stop, become_subreaper, end_descendants, handle_signals
 from .report import write_run_report
-from .runner import SUITES, RunError, detection_table, run_suite, summary_table
+from .runner import SUITES, RunError, SuiteRun, detection_table, run_suite, summary_table
 from .testbed import sweep
 
 console = Console(highlight=False)
@@ -25,7 +28,7 @@ def say(message: str) -> None:
     console.print(f"[cyan]qmp-mig[/] {message}")
 
 
-def cmd_images(args: argparse.Namespace) -> int:
+def cmd_images(args: argparse.Namespace, stop: Stop) -> int:
     names = list(images.RECIPES) if args.name == "all" else [args.name]
     for name in names:
         if args.action == "build":
@@ -35,7 +38,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
+def cmd_lab(args: argparse.Namespace, stop: Stop) -> int:
     if args.action == "up":
         lab.up(say)
     elif args.action == "down":
@@ -59,45 +62,97 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The suite end to end: images, lab, tests, summary, lab back down."""
+def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
+    """The suite end to end: images, lab, tests, summary, lab back down.
+
+    Ctrl-C, SIGTERM and SIGHUP all end it the same way: the running Avocado job
+    is interrupted and waited for, the testbeds are swept, a lab this run booted
+    goes down, and the summary of the tests that finished is printed, all within
+    CI's grace period (:data:`GRACE`) between SIGTERM and SIGKILL."""
     started = time.monotonic()
+    become_subreaper()  # a test process that loses its Avocado runner stays ours to end
     booted_here = False
     config: Path | None = None
     run_id = f"{os.getpid()}-{int(time.time())}"
+    outcome: SuiteRun | None = None
+    run_dir: Path | None = None
     try:
         if args.config:
             config = Path(args.config).resolve()
             load_config(config)  # a bad file fails here, before anything starts
         else:
             booted_here = lab.status() is None
-            config = Path(lab.up(say).config)
+            config = Path(lab.up(say, owned=True).config)
+        _finish_earlier_runs()
+        leftovers.record(run_id, config)
         run_dir = Path(args.results).resolve() / f"run-{time.strftime('%Y-%m-%dT%H.%M.%S')}-{args.suite}"
-        status, jobs = run_suite(args.suite, config, run_dir, console, run_id)
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+        outcome = run_suite(args.suite, config, run_dir, console, run_id)
+    except Interrupted:
+        pass  # stop.received says which signal; the clean-up below is the same
     finally:
-        if config is not None:
-            _sweep(config, run_id)
-        if booted_here:
-            lab.down(say)
-    console.print(summary_table(jobs))
-    detection = detection_table(jobs)
+        with stop.shielded():
+            _clean_up(stop, config, run_id, booted_here)
+    interrupted = stop.received
+    if interrupted is not None:
+        say(f"[yellow]interrupted by {interrupted.name}[/] {time.monotonic() - interrupted.at:.1f} s ago; "
+            f"clean-up done")
+    if outcome is None or run_dir is None or not outcome.jobs:
+        return interrupted.exit_status if interrupted else 2
+    console.print(summary_table(outcome.jobs))
+    lost = host_lost(run_dir)
+    if lost is not None:
+        say(f"[red]{lost.sentence()}[/]")
+    detection = detection_table(outcome.jobs)
     if detection is not None:
         console.print(detection)
         # The same table as plain text next to the run's results, for a report or a note.
         with (run_dir / "detection.txt").open("w") as out:
             Console(file=out, width=200, color_system=None).print(detection)
         say(f"detection table: {run_dir / 'detection.txt'}")
-    report = write_run_report(run_dir, jobs, title=f"suite {args.suite}")
+    report = write_run_report(run_dir, outcome.jobs, title=f"suite {args.suite}")
     say(f"total wall time {time.monotonic() - started:.0f} s")
     say(f"HTML report: {report}")
-    print(f"results: {run_dir}")
-    return status
+    print(f"results: {run_dir}", flush=True)
+    return interrupted.exit_status if interrupted else outcome.status
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _clean_up(stop: Stop, config: Path | None, run_id: str, booted_here: bool) -> None:
+    """After the run, normal or interrupted: sweep what the tests left on the host, take
+    down a lab this run booted, end any process of ours still running. After a signal
+    each step gets what is left of the grace period, and what does not fit is said."""
+    interrupted = stop.received
+
+    def budget(share: float, otherwise: float) -> float:
+        return interrupted.remaining(share) if interrupted else otherwise
+
+    # Test processes whose runner Avocado killed may still be unwinding (they are ours).
+    killed = end_descendants(wait=budget(6.0, 30.0))
+    if killed:
+        say(f"[yellow]killed {len(killed)} test process(es) still running after the job ended[/]")
+    if config is not None and not booted_here:  # a lab we booted takes it all down with it
+        if _sweep(config, run_id, timeout=budget(GRACE - 1.5, 120.0)):
+            leftovers.finished(run_id)
+        else:
+            say("[yellow]what is left is removed by the next `qmp-mig run` with this host "
+                f"configuration (run {run_id})[/]")
+    else:
+        leftovers.finished(run_id)
+    if booted_here:
+        lab.down(say, timeout=budget(GRACE - 0.5, 20.0))
+
+
+def _finish_earlier_runs() -> None:
+    """Sweep what runs that were killed before their clean-up left on their hosts."""
+    for run_id, config in leftovers.unfinished():
+        if not config.exists():  # the lab it ran in is gone, and everything in it
+            leftovers.finished(run_id)
+            continue
+        say(f"run {run_id} ended before its clean-up; sweeping what it left")
+        if _sweep(config, run_id, timeout=120.0):
+            leftovers.finished(run_id)
+
+
+def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
     """Figures for the configured host (the lab unless --config names one)."""
     booted_here = False
     try:
@@ -105,23 +160,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
             path = Path(args.config).resolve()
         else:
             booted_here = lab.status() is None
-            path = Path(lab.up(say).config)
+            path = Path(lab.up(say, owned=True).config)
         benchmark.run(load_config(path), Path(args.results).resolve(), console)
     finally:
         if booted_here:
-            lab.down(say)
+            with stop.shielded():
+                lab.down(say)
     return 0
 
 
-def _sweep(config: Path, run_id: str) -> None:
-    """Whatever a test killed too hard to clean up after itself left behind."""
-    try:
-        for item in sweep(load_config(config), run_id):
-            say(f"[yellow]cleaned up after an interrupted test:[/] {item}")
-    except KeyboardInterrupt:
-        pass
-    except Exception as exc:  # noqa: BLE001 - an unreachable host must not hide the results
-        say(f"[red]could not sweep the host after the run:[/] {exc}")
+def _sweep(config: Path, run_id: str, timeout: float) -> bool:
+    """Whatever a test killed too hard to clean up after itself left behind.
+    False if the sweep could not finish within ``timeout``."""
+    outcome: list[BaseException | list[str]] = []
+
+    def sweeping() -> None:
+        try:
+            outcome.append(sweep(load_config(config), run_id))
+        except Exception as exc:  # noqa: BLE001 - reported below; it must not hide the results
+            outcome.append(exc)
+
+    worker = threading.Thread(target=sweeping, daemon=True, name="sweep")
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        say(f"[red]the sweep of the host did not finish within {timeout:.0f} s[/]")
+        return False
+    if isinstance(outcome[0], BaseException):
+        say(f"[red]could not sweep the host after the run:[/] {outcome[0]}")
+        return False
+    for item in outcome[0]:
+        say(f"[yellow]cleaned up after an interrupted test:[/] {item}")
+    return True
 
 
 def parser() -> argparse.ArgumentParser:
@@ -156,11 +226,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (images.ImageError, lab.LabError, RunError, ConfigError) as exc:
-        say(f"[red]error:[/] {exc}")
-        return 2
+    with handle_signals(say) as stop:
+        try:
+            return int(args.func(args, stop))
+        except (images.ImageError, lab.LabError, RunError, ConfigError) as exc:
+            say(f"[red]error:[/] {exc}")
+            return 2
+        except Interrupted as exc:
+            say(f"[yellow]interrupted by {exc.name}[/]")
+            return exc.exit_status
 
 
 if __name__ == "__main__":

@@ -86,13 +86,19 @@ class Guest:
     def run(self, argv: list[str], *, timeout: float = 60, check: bool = True) -> tuple[int, str, str]:
         if self._client is None:
             raise GuestError(f"{self.name}: not connected")
-        _, stdout, stderr = self._client.exec_command(shlex.join(argv), timeout=timeout)
         try:
+            _, stdout, stderr = self._client.exec_command(shlex.join(argv), timeout=timeout)
             out = stdout.read().decode(errors="replace")
             err = stderr.read().decode(errors="replace")
         except TimeoutError:
+            self.host.check_answering()
             raise GuestError(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout:.0f} s") from None
+        except (paramiko.SSHException, OSError, EOFError):
+            self.host.check_answering()  # the guest's connection runs through the host's
+            raise
         status = stdout.channel.recv_exit_status()
+        if status == -1:  # no exit status: the connection closed under the command
+            self.host.check_answering()
         if check and status != 0:
             raise GuestError(f"{self.name}: `{shlex.join(argv)}` exited {status}: {err.strip() or out.strip()}")
         return status, out, err

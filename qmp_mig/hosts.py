@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,23 @@ PDEATHSIG = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 class HostError(RuntimeError):
     """A command on a host failed or timed out."""
+
+
+class HostLost(HostError):
+    """The host under test stopped answering (its connection died), or never answered.
+
+    ``last_answer`` is when it last answered us (wall clock), None if it never did."""
+
+    def __init__(self, host: str, cause: str, last_answer: float | None) -> None:
+        self.host = host
+        self.cause = cause
+        self.last_answer = last_answer
+        self.noticed = time.time()
+        if last_answer is None:
+            super().__init__(f"host under test {host} does not answer: {cause}")
+        else:
+            super().__init__(f"host under test {host} stopped answering (last answer at "
+                             f"{time.strftime('%H:%M:%S', time.localtime(last_answer))}): {cause}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,9 @@ class Host(ABC):
 
     def close(self) -> None:
         """Drop connections; processes spawned through them die with them."""
+
+    def check_answering(self) -> None:
+        """Raise :class:`HostLost` if the host no longer answers (this machine always does)."""
 
     # Conveniences built on run(); each is one idea, named for what it does.
     def write_file(self, path: str, data: str, *, timeout: float = 30) -> None:
@@ -257,30 +278,54 @@ class SshHost(Host):
         self._client = paramiko.SSHClient()
         # Lab hosts get fresh host keys per image; there is nothing to pin against.
         self._client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        self._client.connect(
-            address,
-            port=port,
-            username=user,
-            key_filename=key_file,
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=20,
-            banner_timeout=20,
-            auth_timeout=20,
-        )
+        try:
+            self._client.connect(
+                address,
+                port=port,
+                username=user,
+                key_filename=key_file,
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=20,
+                banner_timeout=20,
+                auth_timeout=20,
+            )
+        except paramiko.AuthenticationException as exc:
+            self._client.close()
+            raise HostError(f"{self.name}: SSH login as {user} with key {key_file} refused: {exc}") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._client.close()
+            raise HostLost(self.name, f"SSH connection failed: {exc or type(exc).__name__}", None) from None
         transport = self._client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
         self._transport = transport
+        self.last_answer = time.time()
+
+    def check_answering(self) -> None:
+        if not self._transport.is_active():
+            raise HostLost(self.name, "its SSH connection closed", self.last_answer)
+
+    @contextlib.contextmanager
+    def _answering(self, what: str) -> Iterator[None]:
+        """A failure of the connection itself becomes :class:`HostLost`, naming ``what``."""
+        try:
+            yield
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if self._transport.is_active():
+                raise
+            raise HostLost(self.name, f"{what}: {exc or type(exc).__name__}", self.last_answer) from None
+        self.last_answer = time.time()
 
     def run(
         self, argv: list[str], *, timeout: float = 60, check: bool = True, stdin: bytes | None = None
     ) -> CommandResult:
-        channel = self._transport.open_session(timeout=20)
-        channel.exec_command(shlex.join(argv))
-        if stdin is not None:
-            channel.sendall(stdin)
-        channel.shutdown_write()
+        with self._answering(f"`{_describe(argv)}`"):
+            channel = self._transport.open_session(timeout=20)
+            channel.exec_command(shlex.join(argv))
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         channel.settimeout(0.5)
@@ -298,21 +343,27 @@ class SshHost(Host):
                 err += channel.recv_stderr(65536)
         returncode = channel.recv_exit_status()
         channel.close()
+        if returncode == -1:  # no exit status: the channel closed under the command
+            self.check_answering()
+        else:
+            self.last_answer = time.time()
         result = CommandResult(
             tuple(argv), returncode, out.decode("utf-8", "surrogateescape"), err.decode("utf-8", "replace")
         )
         return _check(result, check, self.name)
 
     def spawn(self, argv: list[str], *, stderr_path: str) -> HostProcess:
-        channel = self._transport.open_session(timeout=20)
-        command = f"echo $$; exec {shlex.join([*PDEATHSIG, *argv])} 2>{shlex.quote(stderr_path)}"
-        channel.exec_command(command)
+        with self._answering(f"starting `{_describe(argv)}`"):
+            channel = self._transport.open_session(timeout=20)
+            command = f"echo $$; exec {shlex.join([*PDEATHSIG, *argv])} 2>{shlex.quote(stderr_path)}"
+            channel.exec_command(command)
         return _SshProcess(self, channel, argv)
 
     def open_tcp(self, port: int) -> paramiko.Channel:
-        return self._transport.open_channel(
-            "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=20
-        )
+        with self._answering(f"opening a connection to its port {port}"):
+            return self._transport.open_channel(
+                "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=20
+            )
 
     def close(self) -> None:
         self._client.close()

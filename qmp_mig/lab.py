@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import images
-from .hosts import SshHost
+from .hosts import PDEATHSIG, SshHost
 
 READY_MARKER = "qmp-mig-lab: ready"
 LAB_SNAPSHOTS = "/mnt/snapshots"
@@ -46,6 +46,7 @@ class LabState:
     started: float
     boot_seconds: float
     guest_accel: str = "tcg"
+    owner_pid: int = 0  # the command that booted it and takes it down with it; 0: `lab up`
 
 
 def state_dir() -> Path:
@@ -110,8 +111,9 @@ def command_line(
     ]
 
 
-def up(say: Callable[[str], None] = print, timeout: float = 300) -> LabState:
-    """Boot the lab unless it is already up; return its state."""
+def up(say: Callable[[str], None] = print, timeout: float = 300, *, owned: bool = False) -> LabState:
+    """Boot the lab unless it is already up; return its state. An ``owned`` lab (booted
+    for one command) dies with this process, even if the process is killed."""
     running = status()
     if running:
         current = {str(images.image_dir("lab")), str(images.image_dir("guest"))}
@@ -132,9 +134,11 @@ def up(say: Callable[[str], None] = print, timeout: float = 300) -> LabState:
     say(f"booting lab ({_accel()}), ssh on 127.0.0.1:{port}")
     started = time.monotonic()
     with (directory / "qemu.stderr.log").open("wb") as stderr:
-        # Its own session: the lab outlives `qmp-mig lab up` until `lab down`.
+        # Its own session: no terminal signal reaches it; it goes down by `lab down`, or
+        # with the command that owns it.
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True
+            [*PDEATHSIG, *argv] if owned else argv,
+            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True
         )
     try:
         _wait_ready(process, console, directory / "qemu.stderr.log", timeout)
@@ -145,13 +149,13 @@ def up(say: Callable[[str], None] = print, timeout: float = 300) -> LabState:
         guest_accel = _guest_accel(host)
         host.close()
     except BaseException:
-        _kill(process.pid)
+        _kill(process.pid, timeout=5)
         raise
     state = LabState(
         pid=process.pid, ssh_port=port, key=key, lab_image=str(lab_image),
         guest_image=str(guest_image), console=str(console), config=str(directory / "host.toml"),
         started=time.time(), boot_seconds=round(time.monotonic() - started, 1),
-        guest_accel=guest_accel,
+        guest_accel=guest_accel, owner_pid=os.getpid() if owned else 0,
     )
     _write_config(state)
     _state_file().write_text(json.dumps(asdict(state), indent=1))
@@ -265,7 +269,7 @@ options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }
     )
 
 
-def _kill(pid: int, timeout: float = 20) -> None:
+def _kill(pid: int, timeout: float) -> None:
     if not _alive(pid):
         return
     os.kill(pid, signal.SIGTERM)
@@ -276,13 +280,14 @@ def _kill(pid: int, timeout: float = 20) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def down(say: Callable[[str], None] = print) -> bool:
-    """Stop the lab; True if one was running."""
+def down(say: Callable[[str], None] = print, timeout: float = 20) -> bool:
+    """Stop the lab (SIGTERM, then SIGKILL after ``timeout``); True if one was running.
+    Its disk is a snapshot, so nothing is lost by a hard stop."""
     state = status()
     if state is None:
         say("lab is not running")
         return False
-    _kill(state.pid)
+    _kill(state.pid, timeout)
     shutil.rmtree(state_dir(), ignore_errors=True)
     say(f"lab down (pid {state.pid})")
     return True

@@ -8,12 +8,15 @@ Avocado's own progress lines, and print a summary table from results.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .images import REPO
+from .interrupts import Interrupted, interruptible_child
 from .report import expected_failure
 
 
@@ -87,34 +91,92 @@ def avocado_command(part: Part, results: Path) -> list[str]:
     return command
 
 
-def run_suite(
-    suite: str, config: Path, results: Path, console: Console, run_id: str
-) -> tuple[int, list[Path]]:
-    """Run each part of the suite as an Avocado job under ``results``; returns the
-    worst exit status and the job directories."""
+# From the signal: Avocado's own interrupt (each running test gets SIGTERM and unwinds
+# for a second, then is killed) must be over by then, or its process group is killed.
+JOB_STOP_BUDGET = 5.0
+
+
+@dataclass
+class SuiteRun:
+    """What a suite run produced: Avocado's exit statuses OR-ed (they are bit flags),
+    the job directories that hold results, and the signal that stopped it, if any."""
+
+    status: int = 0
+    jobs: list[Path] = field(default_factory=list)
+    interrupted: Interrupted | None = None
+
+
+def run_suite(suite: str, config: Path, results: Path, console: Console, run_id: str) -> SuiteRun:
+    """Run each part of the suite as an Avocado job under ``results``. A signal
+    interrupts the running job the way Avocado itself is interrupted, keeps the
+    results of the tests that finished, and starts no further part."""
     if suite not in SUITES:
         raise RunError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
     results.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]running suite {suite!r}[/] against {config}")
     started = time.monotonic()
     # The host configuration goes by environment: Avocado refuses -p together with variants.
-    environment = {**os.environ, "QMP_MIG_RUN_ID": run_id, "QMP_MIG_HOST_CONFIG": str(config)}
-    status, jobs = 0, []
+    environment = {**os.environ, "QMP_MIG_RUN_ID": run_id, "QMP_MIG_HOST_CONFIG": str(config),
+                   "QMP_MIG_RUN_DIR": str(results)}
+    run = SuiteRun()
     for part in SUITES[suite]:
         before = set(results.glob("job-*"))
-        with subprocess.Popen(avocado_command(part, results), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1, env=environment) as avocado:
-            assert avocado.stdout is not None
-            for line in avocado.stdout:
-                # Unbroken, whatever the width: a test's name must stay one line in a log.
-                console.print(f"  [dim]avocado[/] {line.rstrip()}", highlight=False, soft_wrap=True)
+        returncode, run.interrupted = _run_job(avocado_command(part, results), environment, console)
         new = sorted(set(results.glob("job-*")) - before)
-        if not new:
-            raise RunError(f"avocado exited {avocado.returncode} without a job directory in {results}")
-        jobs.append(new[-1])
-        status = max(status, avocado.returncode)
-    console.print(f"suite finished in {time.monotonic() - started:.0f} s")
-    return status, jobs
+        if new and (new[-1] / "results.json").exists():
+            run.jobs.append(new[-1])
+        elif run.interrupted is None:
+            raise RunError(f"avocado exited {returncode} without a job's results in {results}")
+        else:
+            console.print(f"[yellow]the interrupted Avocado job left no results.json[/] ({returncode})")
+        run.status |= returncode if returncode > 0 else 0
+        if run.interrupted is not None:
+            break
+    console.print(f"suite {'interrupted' if run.interrupted else 'finished'} after "
+                  f"{time.monotonic() - started:.0f} s")
+    return run
+
+
+def _run_job(argv: list[str], environment: dict[str, str],
+             console: Console) -> tuple[int, Interrupted | None]:
+    """One Avocado job, its progress lines echoed; on a signal, interrupted."""
+    # Its own session: a Ctrl-C in the terminal reaches us alone, and we decide
+    # how the job is stopped, the same way for every signal.
+    avocado = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1, env=environment, start_new_session=True,
+                               preexec_fn=interruptible_child)
+    echo = threading.Thread(target=_echo, args=(avocado, console), daemon=True, name="avocado-output")
+    echo.start()
+    interrupted = None
+    try:
+        avocado.wait()
+    except Interrupted as signal_received:
+        interrupted = signal_received
+        console.print(f"[yellow]{interrupted.name}: interrupting the Avocado job[/]")
+        _interrupt(avocado, interrupted)
+    echo.join(timeout=2)
+    return avocado.returncode, interrupted
+
+
+def _echo(avocado: subprocess.Popen[str], console: Console) -> None:
+    assert avocado.stdout is not None
+    for line in avocado.stdout:
+        # Unbroken, whatever the width: a test's name must stay one line in a log.
+        console.print(f"  [dim]avocado[/] {line.rstrip()}", highlight=False, soft_wrap=True)
+
+
+def _interrupt(avocado: subprocess.Popen[str], interrupted: Interrupted) -> None:
+    """Avocado's own interrupt is SIGINT: it sends each running test SIGTERM (the test
+    unwinds), marks it INTERRUPTED and writes the job's results. Whatever of it is
+    still running after :data:`JOB_STOP_BUDGET` is killed with its process group."""
+    with contextlib.suppress(ProcessLookupError):
+        avocado.send_signal(signal.SIGINT)
+    try:
+        avocado.wait(timeout=interrupted.remaining(JOB_STOP_BUDGET))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(avocado.pid, signal.SIGKILL)
+        avocado.wait()
 
 
 def _clip(text: str, width: int = 160) -> str:

@@ -19,6 +19,7 @@ next to each QEMU's transcript, stderr and console.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,9 @@ from .agents import MTTY_PATTERN, MemoryAgent, MttyAgent
 from .checks import CheckFailed, check_bytes, check_equal, check_memory, check_walk
 from .config import DeviceConfig
 from .fsm import Flag, State
+from .host_loss import HostStoppedAnswering, host_lost
+from .host_loss import record as record_host_loss
+from .hosts import HostLost
 from .migration import Migration, MigrationResult
 from .qemu import QemuInstance
 from .qemu_trace import save_sessions
@@ -52,7 +56,16 @@ class Finding:
 class MigrationTest(Test):
     """Shared set-up and steps; scenario classes add ``test_*`` methods."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, method in list(vars(cls).items()):
+            if name.startswith("test") and callable(method):
+                setattr(cls, name, _host_loss_named(method))
+
     def setUp(self) -> None:
+        lost = host_lost()
+        if lost is not None:
+            self.cancel(f"not run: {lost.sentence()}")
         path = self.params.get("host_config", default=os.environ.get("QMP_MIG_HOST_CONFIG"))
         if not path:
             self.cancel("no host_config parameter (qmp-mig run passes the lab's)")
@@ -67,7 +80,10 @@ class MigrationTest(Test):
         self.kernel_check: KernelCheck | None = None
         self.findings: list[Finding] = []
         self.collect = False  # detection tests run every check and keep what failed
-        self.bed = Testbed(config, self.artifacts)
+        try:
+            self.bed = Testbed(config, self.artifacts)
+        except HostLost as lost:
+            raise self.host_loss(lost) from lost
         workload = config.workload
         self.memory_mb = int(self.params.get("memory_mb", default=workload.memory_mb))
         self.dirty_mb = int(self.params.get("dirty_mb", default=workload.dirty_mb))
@@ -87,10 +103,43 @@ class MigrationTest(Test):
         try:
             if self.kernel_check is None and self.bed.kernel.available:
                 self.kernel_check = self.bed.check_kernel()  # for the timeline only
+        except HostLost:
+            pass  # the test itself said so (or the close below will)
         finally:
             vms = [qemu.name for qemu, _ in self.bed.vms]
-            self.bed.close()  # QEMUs quit here and their transcripts land in artifacts
-            self.write_timeline(vms)
+            try:
+                self.bed.close()  # QEMUs quit here and their transcripts land in artifacts
+            except HostLost as lost:
+                if not self.host_loss_reported:
+                    raise self.host_loss(lost) from lost
+            finally:
+                self.write_timeline(vms)
+
+    # --- a host that stopped answering --------------------------------------------
+
+    host_loss_reported = False
+
+    def host_loss(self, lost: HostLost) -> HostStoppedAnswering:
+        """The loss in one sentence naming this test and its last step, recorded for
+        the run (later tests are cancelled with it)."""
+        doing = f"at \"{self.marks[-1].text}\"" if self.marks else "setting up"
+        loss = record_host_loss(lost, f"{type(self).__name__}.{self._testMethodName}", doing)
+        self.host_loss_reported = True
+        return HostStoppedAnswering(loss.sentence())
+
+    def lost_host(self, error: Exception) -> HostLost | None:
+        """If ``error`` happened because the host under test stopped answering, that loss."""
+        if isinstance(error, HostLost):
+            return error
+        bed = getattr(self, "bed", None)
+        if bed is None:
+            return None
+        try:
+            bed.host.check_answering()
+        except HostLost as lost:
+            first = str(error).splitlines()[0] if str(error) else ""
+            return HostLost(lost.host, f"{type(error).__name__}: {first}", lost.last_answer)
+        return None
 
     # --- marks and the timeline -------------------------------------------------
 
@@ -303,6 +352,21 @@ class MigrationTest(Test):
         """Why this scenario is expected to fail with the configured devices, if it is."""
         reasons = [d.known_issues[scenario] for d in self.config.devices if scenario in d.known_issues]
         return "; ".join(reasons) or None
+
+
+def _host_loss_named(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A test method whose failure, when the host under test stopped answering, is
+    reported as that loss (once for the run) instead of the socket error it caused."""
+    @functools.wraps(method)
+    def run(self: MigrationTest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            lost = self.lost_host(error)
+            if lost is None:
+                raise
+            raise self.host_loss(lost) from error
+    return run
 
 
 def check_device_walk(qemu: QemuInstance, device_id: str, expected: Sequence[State],
