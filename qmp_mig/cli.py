@@ -52,6 +52,8 @@ def cmd_lab(args: argparse.Namespace, stop: Stop) -> int:
             f"{time.time() - state.started:.0f} s (booted in {state.boot_seconds} s), "
             f"guests under {state.guest_accel}")
         say(f"host configuration: {state.config}")
+        if state.owner_pid:
+            say(f"booted by qmp-mig (pid {state.owner_pid}); it goes down with that command")
     elif args.action == "ssh":
         state = lab.status()
         if state is None:
@@ -117,28 +119,27 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
 
 
 def _clean_up(stop: Stop, config: Path | None, run_id: str, booted_here: bool) -> None:
-    """After the run, normal or interrupted: sweep what the tests left on the host, take
-    down a lab this run booted, end any process of ours still running. After a signal
-    each step gets what is left of the grace period, and what does not fit is said."""
+    """After the run, normal or interrupted: take down a lab this run booted (all the
+    tests made lives in it), end any process of ours still running, sweep what the
+    tests left on any other host. After a signal each step gets its share of the
+    grace period, and what does not fit is said."""
     interrupted = stop.received
 
-    def budget(share: float, otherwise: float) -> float:
-        return interrupted.remaining(share) if interrupted else otherwise
+    def until(seconds_after_signal: float, otherwise: float) -> float:
+        return interrupted.remaining(seconds_after_signal) if interrupted else otherwise
 
-    # Test processes whose runner Avocado killed may still be unwinding (they are ours).
-    killed = end_descendants(wait=budget(6.0, 30.0))
-    if killed:
-        say(f"[yellow]killed {len(killed)} test process(es) still running after the job ended[/]")
-    if config is not None and not booted_here:  # a lab we booted takes it all down with it
-        if _sweep(config, run_id, timeout=budget(GRACE - 1.5, 120.0)):
-            leftovers.finished(run_id)
-        else:
-            say("[yellow]what is left is removed by the next `qmp-mig run` with this host "
-                f"configuration (run {run_id})[/]")
-    else:
-        leftovers.finished(run_id)
     if booted_here:
-        lab.down(say, timeout=budget(GRACE - 0.5, 20.0))
+        lab.down(say, timeout=until(GRACE - 3.0, 20.0))
+    # Test processes whose Avocado runner was killed may still be unwinding (they are ours).
+    killed = end_descendants(wait=until(5.0, 30.0))
+    if killed:
+        say(f"[yellow]killed {len(killed)} test process(es) still running after their job ended[/]")
+    swept = config is None or booted_here or _sweep(config, run_id, timeout=until(GRACE - 1.0, 120.0))
+    if swept:
+        leftovers.finished(run_id)
+    else:
+        say("[yellow]what is left is removed by the next `qmp-mig run` with this host "
+            f"configuration (run {run_id})[/]")
 
 
 def _finish_earlier_runs() -> None:

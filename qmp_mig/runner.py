@@ -119,19 +119,22 @@ def run_suite(suite: str, config: Path, results: Path, console: Console, run_id:
     environment = {**os.environ, "QMP_MIG_RUN_ID": run_id, "QMP_MIG_HOST_CONFIG": str(config),
                    "QMP_MIG_RUN_DIR": str(results)}
     run = SuiteRun()
-    for part in SUITES[suite]:
-        before = set(results.glob("job-*"))
-        returncode, run.interrupted = _run_job(avocado_command(part, results), environment, console)
-        new = sorted(set(results.glob("job-*")) - before)
-        if new and (new[-1] / "results.json").exists():
-            run.jobs.append(new[-1])
-        elif run.interrupted is None:
-            raise RunError(f"avocado exited {returncode} without a job's results in {results}")
-        else:
-            console.print(f"[yellow]the interrupted Avocado job left no results.json[/] ({returncode})")
-        run.status |= returncode if returncode > 0 else 0
-        if run.interrupted is not None:
-            break
+    try:
+        for part in SUITES[suite]:
+            before = set(results.glob("job-*"))
+            returncode, run.interrupted = _run_job(avocado_command(part, results), environment, console)
+            new = sorted(set(results.glob("job-*")) - before)
+            if new and (new[-1] / "results.json").exists():
+                run.jobs.append(new[-1])
+            elif run.interrupted is None:
+                raise RunError(f"avocado exited {returncode} without a job's results in {results}")
+            else:
+                console.print(f"[yellow]the interrupted Avocado job left no results.json[/] ({returncode})")
+            run.status |= returncode if returncode > 0 else 0
+            if run.interrupted is not None:
+                break
+    except Interrupted as between_jobs:
+        run.interrupted = between_jobs
     console.print(f"suite {'interrupted' if run.interrupted else 'finished'} after "
                   f"{time.monotonic() - started:.0f} s")
     return run

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from qmp_mig import config, fsm
+from qmp_mig import config, fsm, lab
 from qmp_mig.agents import MTTY_PATTERN, MemoryAgent, MttyAgent
 from qmp_mig.checks import CheckFailed, check_bytes, check_memory, check_walk
 from qmp_mig.faults import corrupt_guest_word
 from qmp_mig.fsm import State
+from qmp_mig.interrupts import GRACE
 from qmp_mig.kernel_trace import check_device
 from qmp_mig.migration import Migration
 from qmp_mig.report import expected_failure
@@ -169,8 +170,10 @@ def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path) -> None:
 def _as_in_a_terminal() -> None:
     # A job started in the background by a shell without job control (`cmd &` in a
     # script, as a CI wrapper may do) inherits SIGINT ignored, and Python then never
-    # raises KeyboardInterrupt. A run in a terminal has the default disposition.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # raises KeyboardInterrupt. A run in a terminal, or under a CI runner, has every
+    # signal at its default disposition.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def test_ctrl_c_leaves_nothing_behind(lab_config: Path, tmp_path: Path) -> None:
@@ -178,14 +181,159 @@ def test_ctrl_c_leaves_nothing_behind(lab_config: Path, tmp_path: Path) -> None:
     run = subprocess.Popen([*QMP_MIG, "run", "--results", str(tmp_path)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_as_in_a_terminal)
     try:
-        deadline = time.monotonic() + 600
-        while not leftovers(lab_config)["qemu"]:
-            assert run.poll() is None, "the run ended before any VM started"
-            assert time.monotonic() < deadline, "no VM started in the lab within 600 s"
-            time.sleep(1)
+        wait_for_vms(run, 1)
         os.killpg(run.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
         run.wait(timeout=180)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
+
+
+def wait_for_vms(run: subprocess.Popen[str] | subprocess.Popen[bytes], count: int,
+                 timeout: float = 600) -> None:
+    """Until the lab (booted by the run, if it was down) runs ``count`` QEMUs of the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert run.poll() is None, f"the run ended ({run.returncode}) before {count} VM(s) ran in the lab"
+        assert time.monotonic() < deadline, f"{count} VM(s) not running in the lab within {timeout:.0f} s"
+        state = lab.status()
+        if state is not None and Path(state.config).exists() and \
+                len(leftovers(Path(state.config))["qemu"]) >= count:
+            return
+        time.sleep(1)
+
+
+def processes_of(marker: str) -> list[str]:
+    """Processes on this machine whose command line or environment names ``marker``
+    (a run's results directory: the run itself, its Avocado jobs and their tests)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or marker.encode() in environ:
+            found.append(f"{entry.name}: {cmdline[:160]}")
+    return found
+
+
+def lab_processes() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if lab.LAB_NAME in cmdline:
+                found.append(f"{entry.name}: {cmdline[:120]}")
+    return found
+
+
+def stopped_as_ci_does(argv: list[str], signum: int, vms: int) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Start ``argv`` as a CI runner would, wait until ``vms`` QEMUs run in the lab, send
+    ``signum`` to it and, like CI, SIGKILL whatever is left after the grace period.
+    Returns its output and the seconds from the signal to its exit."""
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True, preexec_fn=_as_in_a_terminal)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(run.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_for_vms(run, vms)
+        signalled = time.monotonic()
+        os.kill(run.pid, signum)
+        try:
+            run.wait(timeout=GRACE)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)  # CI's SIGKILL at the end of its grace period
+            run.wait()
+        took = time.monotonic() - signalled
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    reader.join(timeout=10)
+    text = "".join(output)
+    print(f"{signal.Signals(signum).name}: exit {run.returncode} {took:.1f} s after the signal; "
+          f"its last lines:\n" + "".join(output[-12:]))
+    return subprocess.CompletedProcess(argv, run.returncode, text, ""), took
+
+
+def assert_interrupted_cleanly(run: subprocess.CompletedProcess[str], signum: int, results: Path) -> None:
+    name = signal.Signals(signum).name
+    assert run.returncode == 128 + signum, (run.returncode, run.stdout[-3000:])
+    assert f"interrupted by {name}" in run.stdout, run.stdout[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("results: "), last
+    jobs = sorted(Path(last.removeprefix("results: ")).glob("job-*"))
+    statuses = [t["status"] for job in jobs for t in json.loads((job / "results.json").read_text())["tests"]]
+    assert "INTERRUPTED" in statuses, statuses
+    assert processes_of(str(results)) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_while_vms_run_leaves_nothing_behind(lab_config: Path, tmp_path: Path, signum: int) -> None:
+    """A CI job cancelled (SIGTERM) or a terminal closed (SIGHUP) while two QEMUs run in
+    the lab: within CI's grace period the run prints its summary and results line,
+    exits 128+signal, and leaves no process of its own here and nothing in the lab."""
+    run, _ = stopped_as_ci_does([*QMP_MIG, "run", "--results", str(tmp_path)], signum, vms=2)
+    assert_interrupted_cleanly(run, signum, tmp_path)
+    assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
+
+
+def test_sigterm_takes_down_the_lab_the_run_booted(lab_config: Path, tmp_path: Path) -> None:
+    """With the lab down, `qmp-mig run` boots it; SIGTERM then takes it down with everything."""
+    lab.down()
+    run, _ = stopped_as_ci_does([*QMP_MIG, "run", "--results", str(tmp_path)], signal.SIGTERM, vms=1)
+    assert_interrupted_cleanly(run, signal.SIGTERM, tmp_path)
+    assert "lab down" in run.stdout
+    assert lab.status() is None and lab_processes() == []
+
+
+def test_killed_lab_is_one_finding(lab_config: Path, tmp_path: Path) -> None:
+    """The lab VM dies while two QEMUs run in it: one test reports the host under test
+    gone, in our words; every later test is cancelled with that reason."""
+    run = subprocess.Popen([*QMP_MIG, "run", "--results", str(tmp_path)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                           preexec_fn=_as_in_a_terminal)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(run.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_for_vms(run, 2)
+        state = lab.status()
+        assert state is not None
+        os.kill(state.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        run.wait(timeout=600)
+        print(f"run ended {time.monotonic() - killed:.0f} s after the lab was killed")
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    reader.join(timeout=10)
+    text = "".join(output)
+    print("".join(output[-20:]))
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("results: "), text[-3000:]
+    tests = [t for job in sorted(Path(last.removeprefix("results: ")).glob("job-*"))
+             for t in json.loads((job / "results.json").read_text())["tests"]]
+    lost = [t for t in tests if t["status"] == "ERROR"]
+    assert len(lost) == 1 and lost[0]["fail_reason"].startswith("host under test "), \
+        [(t["name"], t["status"], t["fail_reason"]) for t in tests]
+    assert "stopped answering" in lost[0]["fail_reason"] and " while " in lost[0]["fail_reason"]
+    after = tests[tests.index(lost[0]) + 1:]
+    assert after and all(t["status"] == "CANCEL" and t["fail_reason"].startswith("not run: host under test ")
+                         for t in after), [(t["name"], t["status"], t["fail_reason"]) for t in after]
+    # Said once by the run, under its summary; no test speaks in socket words.
+    said = [line for line in text.splitlines() if line.startswith("qmp-mig host under test ")]
+    assert len(said) == 1, said
+    assert not any(words in (t["fail_reason"] or "") for t in tests
+                   for words in ("Unable to connect", "SSH session not active", "Errno")), tests
+    assert run.returncode != 0
+    assert processes_of(str(tmp_path)) == [] and lab_processes() == []
