@@ -43,7 +43,7 @@ for probe in {probes}; do
 done
 mkdir "$t/instances/$1"
 cd "$t/instances/$1"
-echo tai > trace_clock          # TAI: wall-clock seconds (the kernel's TAI offset is 0 unless NTP set it)
+echo tai > trace_clock          # TAI: wall-clock seconds plus the kernel's TAI offset (see tai_offset)
 echo 1 > options/record-tgid
 echo 4096 > buffer_size_kb
 echo 1 > events/{group}/enable
@@ -70,8 +70,14 @@ class KernelCall:
     ret: int | None = None  # None when the return was not recorded
 
 
-def parse_trace(text: str) -> list[KernelCall]:
-    """Calls in the order the trace lists them, each with its return value."""
+# The kernel's TAI clock runs ahead of UTC by its TAI offset: 0 until NTP or PTP with
+# leap-second data sets it (37 s since 2017). Integral, so rounding removes the jitter.
+_TAI_OFFSET = "import time; print(round(time.clock_gettime(time.CLOCK_TAI) - time.time()))"
+
+
+def parse_trace(text: str, tai_offset: int = 0) -> list[KernelCall]:
+    """Calls in the order the trace lists them, each with its return value; times on
+    the host's wall clock (UTC), the trace's TAI stamps less ``tai_offset``."""
     calls: list[KernelCall] = []
     pending: dict[int, int] = {}  # tid -> index of its call awaiting a return
     for line in text.splitlines():
@@ -83,7 +89,7 @@ def parse_trace(text: str) -> list[KernelCall]:
         if match["event"] == "migstep":
             tgid = int(match["tgid"]) if match["tgid"].isdigit() else tid
             pending[tid] = len(calls)
-            calls.append(KernelCall(float(match["time"]), tgid, tid, args.get("dev", "?"),
+            calls.append(KernelCall(float(match["time"]) - tai_offset, tgid, tid, args.get("dev", "?"),
                                     int(args["cur"]), int(args["new"])))
         elif tid in pending:
             index = pending.pop(tid)
@@ -191,11 +197,13 @@ def check_device(where: str, flags: Flag, calls: Sequence[KernelCall],
 class KernelTrace:
     """A tracefs instance on ``host`` recording every device's arcs."""
 
-    def __init__(self, host: Host, instance: str, *, available: bool, reason: str = "") -> None:
+    def __init__(self, host: Host, instance: str, *, available: bool, reason: str = "",
+                 tai_offset: int = 0) -> None:
         self.host = host
         self.instance = instance
         self.available = available
         self.reason = reason
+        self.tai_offset = tai_offset
 
     @property
     def path(self) -> str:
@@ -209,12 +217,17 @@ class KernelTrace:
             reason = (result.stdout + result.stderr).strip().splitlines()
             return cls(host, instance, available=False,
                        reason=reason[-1] if reason else f"setup exited {result.returncode}")
-        return cls(host, instance, available=True)
+        offset = host.run(["python3", "-c", _TAI_OFFSET], check=False)
+        if offset.returncode != 0 or not offset.stdout.strip().lstrip("-").isdigit():
+            stop_instance(host, f"{TRACEFS}/instances/{instance}")
+            return cls(host, instance, available=False,
+                       reason=f"cannot read the kernel's TAI offset: {(offset.stderr or offset.stdout).strip()}")
+        return cls(host, instance, available=True, tai_offset=int(offset.stdout))
 
     def calls(self) -> list[KernelCall]:
         if not self.available:
             return []
-        return parse_trace(self.host.run(["cat", f"{self.path}/trace"], timeout=60).stdout)
+        return parse_trace(self.host.run(["cat", f"{self.path}/trace"], timeout=60).stdout, self.tai_offset)
 
     def save(self, text_path: str) -> None:
         """Copy the raw trace to a file on the host (for the artifacts)."""

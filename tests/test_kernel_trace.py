@@ -89,3 +89,13 @@ def test_a_failed_arc_then_reset_reads_as_qemu_saw_it() -> None:
     # A QEMU that never reported the reset disagrees with the kernel.
     problems = check_device("source vfio0", MTTY, source, [*qemu[:4], S.RUNNING_P2P, S.RUNNING])
     assert any("QEMU and the kernel disagree" in p for p in problems)
+
+
+def test_tai_stamps_become_wall_clock_times() -> None:
+    """A host whose kernel knows the leap seconds (TAI offset 37, set by NTP or PTP)
+    stamps the trace 37 s ahead of UTC; the calls come out on the wall clock that
+    QEMU's events use, so the two views line up."""
+    text = (Path(__file__).parent / "data" / "mtty-migration.trace").read_text()
+    ahead = parse_trace(text, tai_offset=37)
+    assert [round(a.time - t.time, 6) for a, t in zip(ahead, TRACE)] == [-37.0] * len(TRACE)
+    assert [(a.cur, a.new, a.device) for a in ahead] == [(t.cur, t.new, t.device) for t in TRACE]
