@@ -295,7 +295,7 @@ class SshHost(Host):
             raise HostError(f"{self.name}: SSH login as {user} with key {key_file} refused: {exc}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._client.close()
-            raise HostLost(self.name, f"SSH connection failed: {exc or type(exc).__name__}", None) from None
+            raise HostLost(self.name, _unreachable(exc), None) from None
         transport = self._client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
@@ -307,20 +307,19 @@ class SshHost(Host):
             raise HostLost(self.name, "its SSH connection closed", self.last_answer)
 
     @contextlib.contextmanager
-    def _answering(self, what: str) -> Iterator[None]:
-        """A failure of the connection itself becomes :class:`HostLost`, naming ``what``."""
+    def _answering(self) -> Iterator[None]:
+        """A failure of the connection itself becomes :class:`HostLost`."""
         try:
             yield
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            if self._transport.is_active():
-                raise
-            raise HostLost(self.name, f"{what}: {exc or type(exc).__name__}", self.last_answer) from None
+        except (paramiko.SSHException, OSError, EOFError):
+            self.check_answering()
+            raise
         self.last_answer = time.time()
 
     def run(
         self, argv: list[str], *, timeout: float = 60, check: bool = True, stdin: bytes | None = None
     ) -> CommandResult:
-        with self._answering(f"`{_describe(argv)}`"):
+        with self._answering():
             channel = self._transport.open_session(timeout=20)
             channel.exec_command(shlex.join(argv))
             if stdin is not None:
@@ -353,20 +352,29 @@ class SshHost(Host):
         return _check(result, check, self.name)
 
     def spawn(self, argv: list[str], *, stderr_path: str) -> HostProcess:
-        with self._answering(f"starting `{_describe(argv)}`"):
+        with self._answering():
             channel = self._transport.open_session(timeout=20)
             command = f"echo $$; exec {shlex.join([*PDEATHSIG, *argv])} 2>{shlex.quote(stderr_path)}"
             channel.exec_command(command)
         return _SshProcess(self, channel, argv)
 
     def open_tcp(self, port: int) -> paramiko.Channel:
-        with self._answering(f"opening a connection to its port {port}"):
+        with self._answering():
             return self._transport.open_channel(
                 "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=20
             )
 
     def close(self) -> None:
         self._client.close()
+
+
+def _unreachable(error: BaseException) -> str:
+    """Why an SSH connection could not be made, in a sentence."""
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        return "nothing accepts SSH connections there (connection refused)"
+    if isinstance(error, TimeoutError):
+        return "no answer to an SSH connection within 20 s"
+    return f"the SSH connection failed ({type(error).__name__}: {error})"
 
 
 def fetch(host: Host, remote: str, local: Path) -> bool:

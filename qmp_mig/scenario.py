@@ -122,7 +122,7 @@ class MigrationTest(Test):
     def host_loss(self, lost: HostLost) -> HostStoppedAnswering:
         """The loss in one sentence naming this test and its last step, recorded for
         the run (later tests are cancelled with it)."""
-        doing = f"at \"{self.marks[-1].text}\"" if self.marks else "setting up"
+        doing = f"running (last step: \"{self.marks[-1].text}\")" if self.marks else "setting up"
         loss = record_host_loss(lost, f"{type(self).__name__}.{self._testMethodName}", doing)
         self.host_loss_reported = True
         return HostStoppedAnswering(loss.sentence())
@@ -137,8 +137,7 @@ class MigrationTest(Test):
         try:
             bed.host.check_answering()
         except HostLost as lost:
-            first = str(error).splitlines()[0] if str(error) else ""
-            return HostLost(lost.host, f"{type(error).__name__}: {first}", lost.last_answer)
+            return lost  # the test's own error follows from it (its traceback keeps both)
         return None
 
     # --- marks and the timeline -------------------------------------------------

@@ -259,8 +259,10 @@ def stopped_as_ci_does(argv: list[str], signum: int, vms: int) -> tuple[subproce
             run.wait()
     reader.join(timeout=10)
     text = "".join(output)
-    print(f"{signal.Signals(signum).name}: exit {run.returncode} {took:.1f} s after the signal; "
-          f"its last lines:\n" + "".join(output[-12:]))
+    name = signal.Signals(signum).name
+    after = next((i for i, line in enumerate(output) if f"{name}: interrupting" in line), len(output) - 12)
+    print(f"{name}: exit {run.returncode} {took:.1f} s after the signal; what it printed since:\n"
+          + "".join(output[after:]))
     return subprocess.CompletedProcess(argv, run.returncode, text, ""), took
 
 
@@ -326,7 +328,8 @@ def test_killed_lab_is_one_finding(lab_config: Path, tmp_path: Path) -> None:
     lost = [t for t in tests if t["status"] == "ERROR"]
     assert len(lost) == 1 and lost[0]["fail_reason"].startswith("host under test "), \
         [(t["name"], t["status"], t["fail_reason"]) for t in tests]
-    assert "stopped answering" in lost[0]["fail_reason"] and " while " in lost[0]["fail_reason"]
+    assert "stopped answering" in lost[0]["fail_reason"], lost[0]["fail_reason"]
+    assert " while " in lost[0]["fail_reason"] and "its SSH connection closed" in lost[0]["fail_reason"]
     after = tests[tests.index(lost[0]) + 1:]
     assert after and all(t["status"] == "CANCEL" and t["fail_reason"].startswith("not run: host under test ")
                          for t in after), [(t["name"], t["status"], t["fail_reason"]) for t in after]
