@@ -297,6 +297,30 @@ def test_sigterm_takes_down_the_lab_the_run_booted(lab_config: Path, tmp_path: P
     assert lab.status() is None and lab_processes() == []
 
 
+def test_a_killed_run_is_swept_by_the_next(lab_config: Path, tmp_path: Path) -> None:
+    """SIGKILL leaves no time to clean up: the run's Avocado job dies with it (nothing of
+    it stays on this machine), and what it left in the lab (mdevs, work directory, trace
+    instance) is removed by the next run's sweep of unfinished runs."""
+    run = subprocess.Popen([*QMP_MIG, "run", "--results", str(tmp_path)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_as_in_a_terminal)
+    try:
+        wait_for_vms(run, 2)
+    finally:
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+    deadline = time.monotonic() + 30
+    while processes_of(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_of(str(tmp_path)) == []
+    left = leftovers(lab_config)
+    assert left["mdev"] and left["workdir"], left  # what only a sweep removes
+    next_run = subprocess.run([sys.executable, "-c", "from qmp_mig.cli import _finish_earlier_runs; "
+                               "_finish_earlier_runs()"], capture_output=True, text=True, timeout=300)
+    print(next_run.stdout)
+    assert "ended before its clean-up; sweeping what it left" in next_run.stdout, next_run
+    assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
+
+
 def test_killed_lab_is_one_finding(lab_config: Path, tmp_path: Path) -> None:
     """The lab VM dies while two QEMUs run in it: one test reports the host under test
     gone, in our words; every later test is cancelled with that reason."""
