@@ -26,8 +26,18 @@ def check_walk(where: str, expected: Sequence[State], observed: Sequence[State])
         )
 
 
+def require_keys(where: str, report: dict[str, Any], *keys: str) -> None:
+    """A report that lacks a count cannot vouch for it: an absent key is a failure,
+    never zero (an agent of another version, a truncated answer)."""
+    missing = [k for k in keys if k not in report]
+    if missing:
+        raise CheckFailed(f"{where}: the agent's report lacks {', '.join(missing)}, so nothing can be "
+                          f"concluded from it\n  report: {report}")
+
+
 def check_memory(where: str, report: dict[str, Any]) -> None:
     """The memory agent found every page as it left it."""
+    require_keys(where, report, "pages", "bad_pages")
     bad = report.get("bad", [])
     if report.get("bad_pages", 0) == 0:
         return
@@ -118,6 +128,7 @@ def _first(seqs: Sequence[object]) -> str:
 def check_records(where: str, report: dict[str, Any]) -> None:
     """Every DMA record the device says it wrote is in guest RAM, whole, in order,
     and none was written while the device was stopped."""
+    require_keys(where, report, "expected", "lost", "torn", "future", "stopped")
     problems = []
     if not report.get("expected"):
         problems.append("no DMA records were written at all")
@@ -136,6 +147,7 @@ def check_records(where: str, report: dict[str, Any]) -> None:
 
 def check_device_memory(where: str, report: dict[str, Any]) -> None:
     """Device memory written before migration reads back the same after it."""
+    require_keys(where, report, "bytes", "dma_result", "mmap_bytes_differing", "dma_bytes_differing")
     bad = max(int(report.get("mmap_bytes_differing", 0)), int(report.get("dma_bytes_differing", 0)))
     if bad or report.get("dma_result"):
         raise CheckFailed(
@@ -146,6 +158,8 @@ def check_device_memory(where: str, report: dict[str, Any]) -> None:
 
 def check_p2p(where: str, report: dict[str, Any]) -> None:
     """Every P2P write the sender issued arrived, whole, and none was sent while quiesced."""
+    require_keys(where, report, "sent", "received", "errors", "lost_in_flight", "lost", "torn",
+                 "quiesced", "stopped")
     problems = []
     if not report.get("sent"):
         problems.append("no P2P writes were sent at all")

@@ -270,7 +270,9 @@ def check_downtime(result: MigrationResult, parameters: dict[str, Any]) -> None:
     """The VM was stopped about as long as the downtime limit allows. QEMU's limit is a
     target, not a promise: the check allows DOWNTIME_SLACK_MS on top of it."""
     limit = int(parameters.get("downtime-limit", 300))
-    downtime = result.downtime_ms or 0
+    downtime = result.downtime_ms
+    if downtime is None:
+        raise CheckFailed("downtime unknown: QEMU reported none for a completed migration")
     if downtime > limit + DOWNTIME_SLACK_MS:
         raise CheckFailed(f"downtime {downtime} ms, over the {limit} ms limit by "
                           f"{downtime - limit} ms (allowed: {DOWNTIME_SLACK_MS} ms)")

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from qmp_mig.checks import CheckFailed, check_device_memory, check_p2p, check_records
+from qmp_mig.checks import CheckFailed, check_device_memory, check_memory, check_p2p, check_records
+from qmp_mig.device_scenario import check_downtime
 from qmp_mig.fsm import Flag, State
 from qmp_mig.hosts import LocalHost
+from qmp_mig.migration import MigrationResult
 from qmp_mig.qmigdev import Qmigdev, QmigdevError, flag_attributes
 from qmp_mig.runner import detection_table
 
@@ -69,9 +72,31 @@ def test_device_memory_and_p2p_verdicts() -> None:
     with pytest.raises(CheckFailed, match="device memory lost after migration: 61440 of 61440 bytes differ"):
         check_device_memory("d", {"bytes": 61440, "mmap_bytes_differing": 61440, "dma_bytes_differing": 0,
                                   "chunks_differing": list(range(15)), "dma_result": 0})
-    check_p2p("d", {"sent": 40, "received": 40})
+    clean = {"sent": 40, "received": 40, "errors": 0, "lost_in_flight": 0, "lost": 0, "torn": 0,
+             "quiesced": 0, "stopped": 0}
+    check_p2p("d", clean)
     with pytest.raises(CheckFailed, match=r"2 P2P write\(s\) lost: sent 40, received 38"):
-        check_p2p("d", {"sent": 40, "received": 38, "lost_in_flight": 2})
+        check_p2p("d", {**clean, "received": 38, "lost_in_flight": 2})
+
+
+@pytest.mark.parametrize(("check", "report", "missing"), [
+    (check_memory, {"pages": 2048}, "bad_pages"),
+    (check_records, {"expected": 10, "lost": 0, "torn": 0, "future": 0}, "stopped"),
+    (check_device_memory, {"bytes": 61440, "dma_result": 0, "mmap_bytes_differing": 0}, "dma_bytes_differing"),
+    (check_p2p, {"sent": 40, "received": 40}, "errors, lost_in_flight, lost, torn, quiesced, stopped"),
+])
+def test_a_report_without_its_counts_is_no_pass(check: Any, report: dict[str, Any], missing: str) -> None:
+    """An agent report that lacks a count (another agent version, a cut answer) fails
+    naming what it lacks; it is never read as zero."""
+    with pytest.raises(CheckFailed, match=f"^d: the agent's report lacks {missing}, so nothing can be"):
+        check("d", report)
+
+
+def test_downtime_unknown_is_no_pass() -> None:
+    result = MigrationResult("completed", stats={"status": "completed", "total-time": 1500})
+    assert result.downtime_ms is None
+    with pytest.raises(CheckFailed, match=r"^downtime unknown"):
+        check_downtime(result, {})
 
 
 def test_detection_table_lists_each_check_that_caught_a_fault(tmp_path: Path) -> None:
