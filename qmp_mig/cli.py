@@ -12,14 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import benchmark, images, lab, leftovers
+from . import benchmark, images, lab, leftovers, preflight
 from .config import ConfigError
 from .config import load as load_config
 from .host_loss import host_lost
 from .interrupts import GRACE, Interrupted, Stop, become_subreaper, end_descendants, handle_signals
 from .report import write_run_report
 from .runner import SUITES, RunError, SuiteRun, detection_table, run_suite, summary_table
-from .testbed import sweep
+from .testbed import connect, sweep
 
 console = Console(highlight=False)
 
@@ -86,6 +86,8 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
             booted_here = lab.status() is None
             config = Path(lab.up(say, owned=True).config)
         _finish_earlier_runs()
+        if not _preflight(config):
+            return 2
         leftovers.record(run_id, config)
         run_dir = Path(args.results).resolve() / f"run-{time.strftime('%Y-%m-%dT%H.%M.%S')}-{args.suite}"
         outcome = run_suite(args.suite, config, run_dir, console, run_id)
@@ -153,6 +155,38 @@ def _finish_earlier_runs() -> None:
             leftovers.finished(run_id)
 
 
+def _preflight(config: Path, always: bool = False) -> bool:
+    """The host checked before anything starts: its table when something fails (or
+    ``always``), else one line."""
+    result = preflight.check(config, connect)
+    if always or not result.ok:
+        console.print(result.table(f"qmp-mig check: {config}"))
+    failed = [row for row in result.rows if row.verdict == preflight.FAIL]
+    if failed:
+        say(f"[red]the host is not ready: {len(failed)} item(s) failed[/] (qmp-mig check --config {config})")
+        return False
+    if not always:
+        offered = ", ".join(sorted(result.offered)) or "none"
+        say(f"host checked: {len(result.rows)} items ok; optional checks offered: {offered}")
+    return True
+
+
+def cmd_check(args: argparse.Namespace, stop: Stop) -> int:
+    """``qmp-mig check``: the preflight alone, on the configured host (the lab by default)."""
+    booted_here = False
+    try:
+        if args.config:
+            config = Path(args.config).resolve()
+        else:
+            booted_here = lab.status() is None
+            config = Path(lab.up(say, owned=True).config)
+        return 0 if _preflight(config, always=True) else 1
+    finally:
+        if booted_here:
+            with stop.shielded():
+                lab.down(say)
+
+
 def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
     """Figures for the configured host (the lab unless --config names one)."""
     booted_here = False
@@ -217,6 +251,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results",
                    help="directory for run results (each run gets its own directory of Avocado jobs)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="check that the host is ready (configuration, QEMU, VFIO, devices)")
+    p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bench", help="print cold boot, ready-guest, migration and suite figures")
     p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
