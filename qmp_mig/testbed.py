@@ -25,7 +25,7 @@ from .config import Config, DeviceConfig
 from .devices import MdevDevice, PciDevice, VfioDevice
 from .fsm import Flag, State
 from .guest import Guest
-from .hosts import Host, LocalHost, SshHost, fetch
+from .hosts import Host, HostError, LocalHost, SshHost, fetch
 from .kernel_trace import KernelCall, KernelTrace, check_device, debugfs_state, stop_instance
 from .migration import restore_from_file, save_to_file
 from .qemu import QemuInstance, VmSpec
@@ -78,7 +78,7 @@ class Testbed:
             signal.signal(signal.SIGTERM, _raise_interrupt)
         self.host = connect(config)
         self._stack.callback(self.host.close)
-        self.host.run(["mkdir", "-p", config.host.workdir])
+        private_workdir(self.host, config.host.workdir)
         self.workdir = self.host.run(
             ["mktemp", "-d", "-p", config.host.workdir, f"testbed.{run_id()}.XXXXXX"]
         ).stdout.strip()
@@ -281,6 +281,28 @@ def sweep(config: Config, run: str) -> list[str]:
     finally:
         host.close()
     return swept
+
+
+# Make the shared work directory if needed, then refuse it unless it is a real
+# directory (no symlink planted in its place) owned by us and closed to others:
+# QEMU's sockets, the guest's snapshots and the leases live under it.
+_PRIVATE = """set -e
+umask 077
+[ -e "$1" ] || [ -L "$1" ] || mkdir -p -- "$1"
+if [ -L "$1" ]; then echo "is a symbolic link"; exit 3; fi
+if [ ! -d "$1" ]; then echo "is not a directory"; exit 3; fi
+owner=$(stat -c %u -- "$1"); mode=$(stat -c %a -- "$1")
+if [ "$owner" != "$(id -u)" ]; then echo "belongs to uid $owner, not to us (uid $(id -u))"; exit 3; fi
+case "$mode" in *[2367]?|*[2367]) echo "is writable by others (mode $mode)"; exit 3;; esac
+"""
+
+
+def private_workdir(host: Host, path: str) -> None:
+    """``path`` on ``host`` is a directory of ours that nobody else can write, or an error."""
+    result = host.run(["sh", "-c", _PRIVATE, "sh", path], check=False)
+    if result.returncode != 0:
+        raise HostError(f"{host.name}: work directory {path} {result.stdout.strip() or result.stderr.strip()}; "
+                        "refusing to use it ([host] workdir names another)")
 
 
 def _clock_offset(host: Host) -> float:
