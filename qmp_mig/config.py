@@ -3,16 +3,35 @@
 
 The lab writes one of these for itself; on a real KVM host a person writes a
 small one (see ``ci/kvm-host.example.toml``) and the same tests run unchanged.
-Errors name the file, the key and what was expected.
+
+pydantic models describe the file, one per table: strict types, no unknown
+keys, and values that later reach a shell or QEMU's ``-device`` string held to
+what they may be. Every problem of a file is reported at once, one line each,
+in our words (file, table, key, what was found, what was expected). ``load``
+turns the checked tables into the frozen dataclasses the rest of the suite uses.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import datetime
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .fsm import Flag
 
@@ -30,6 +49,9 @@ class HostConfig:
     key: str = ""
     workdir: str = "/var/tmp/qmp-mig"
     snapshot_dir: str = ""  # booted-guest snapshots; default <workdir>/snapshots
+    # For kind = "ssh": the host's public key ("ssh-ed25519 AAAA..."); without it the
+    # key must be in ~/.ssh/known_hosts. An unknown or different key is refused.
+    host_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,81 +109,295 @@ class Config:
     # Our own test device (devices/qmigdev) where the host has it loaded: the DMA,
     # P2P, reset and fault-detection tests use it; without it they are skipped.
     test_device: DeviceConfig | None = None
+    # [checks] require: the optional checks (OPTIONAL_CHECKS) a test must run, or fail;
+    # None: every one the host offers (qmp-mig check measures it).
+    require: tuple[str, ...] | None = None
 
 
-def _table(where: str, data: dict[str, Any], key: str, required: bool = True) -> dict[str, Any]:
-    value = data.get(key)
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] is missing or not a table")
+# Checks that depend on what the host offers, by the names [checks] require uses.
+OPTIONAL_CHECKS = {
+    "kernel_cross_check": "the kernel's own arcs (fprobe on vfio_mig_get_next_state)",
+    "precopy_info": "PRECOPY_INFO answers from QEMU's vfio trace",
+}
+
+
+# --- the file's schema ---------------------------------------------------------
+#
+# Patterns run on pydantic's regex engine, whose `$` is the end of the text
+# (a trailing newline does not slip through). The words a person reads are each
+# field's description; the error types pydantic reports are translated below.
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+# Host paths are pasted into `sh -c` lines (testbed's sweep of old work
+# directories): only characters the shell takes literally.
+_HOST_PATH = re.compile(r"/[A-Za-z0-9._/+:@-]*")
+
+
+def _address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+            raise PydanticCustomError("address", "not a hostname or IP address") from None
     return value
 
 
-def _build(cls: type, where: str, section: str, data: dict[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: [{section}] has unknown key(s) {', '.join(unknown)}; "
-            f"expected some of {', '.join(fields)}"
-        )
-    for name, value in data.items():
-        wanted = fields[name].type
-        kinds: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "dict[str, str]": dict}
-        expected = kinds.get(str(wanted))
-        if expected and not isinstance(value, expected):
-            raise ConfigError(
-                f"{where}: [{section}] {name} = {value!r}: expected {wanted}"
-            )
+def _host_path(value: str) -> str:
+    if not _HOST_PATH.fullmatch(value) or ".." in PurePosixPath(value).parts:
+        raise PydanticCustomError("host_path", "not an absolute path of plain characters")
+    return value
+
+
+def _not_dots(value: str) -> str:
+    # "." and ".." fit the name pattern but would step around the sysfs tree.
+    if value in {".", ".."}:
+        raise PydanticCustomError("dots", "a path step, not a name")
+    return value
+
+
+def _flags(value: object) -> Flag:
+    if not isinstance(value, str):
+        raise PydanticCustomError("flags_type", "not a string")
     try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: [{section}]: {exc}") from None
+        return Flag.parse(value)
+    except ValueError as exc:  # its words say what was expected
+        raise PydanticCustomError("flags", "{reason}", {"reason": str(exc)}) from None
 
 
-def _device(where: str, section: str, data: dict[str, Any]) -> DeviceConfig:
-    data = dict(data)
-    flags = data.pop("expect_flags", None)
-    device: DeviceConfig = _build(DeviceConfig, where, section, data)
-    if device.kind == "mdev" and not (device.parent and device.type):
-        raise ConfigError(f"{where}: [{section}] kind = 'mdev' needs parent and type")
-    if device.kind == "pci" and not device.bdf:
-        raise ConfigError(f"{where}: [{section}] kind = 'pci' needs bdf (e.g. '0000:3b:00.1')")
-    if device.kind not in {"mdev", "pci"}:
-        raise ConfigError(f"{where}: [{section}] kind = {device.kind!r}: expected 'mdev' or 'pci'")
-    if flags is not None:
-        try:
-            parsed = Flag.parse(str(flags))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: [{section}] expect_flags: {exc}") from None
-        device = DeviceConfig(**{**device.__dict__, "expect_flags": parsed})
-    return device
+_Address = Annotated[str, AfterValidator(_address)]
+_Port = Annotated[int, Field(ge=1, le=65535)]
+_HostPath = Annotated[str, AfterValidator(_host_path)]
+_PciAddress = Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")]
+_MdevName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$"), AfterValidator(_not_dots)]
+# vfio-pci properties end up in `-device vfio-pci,name=value,...`: a comma or
+# '=' in either would add a property of its own.
+_OptionName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+_OptionValue = Annotated[str, Field(pattern=r"^[^,=\s]+$")]
+_AttributeName = Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]  # one file in the device's sysfs directory
+_Flags = Annotated[Flag, PlainValidator(_flags)]
+_HostKey = Annotated[str, Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*$")]
+_CheckName = Literal["kernel_cross_check", "precopy_info", "all"]
+
+_HOST_PATH_WORDS = "an absolute path of letters, digits and . _ / + : @ -, without '..' (string)"
+
+
+def _needed_by(kind: str, value: str | None, info: ValidationInfo) -> str | None:
+    """A key that is optional in general but needed by this ``kind`` (checked
+    per key, so it is reported together with every other problem)."""
+    if not value and info.data.get("kind") == kind:
+        raise PydanticCustomError("needed", "needed by kind {kind}", {"kind": kind})
+    return value
+
+
+# One model per table. Optional keys default to None, meaning "not in the file":
+# the dataclasses above keep the one copy of the defaults.
+class _Table(BaseModel):
+    # strict: TOML `true` is not an integer and 2 is not a string; unknown keys are typos.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Host(_Table):
+    kind: Literal["local", "ssh"] = Field(description="'local' or 'ssh'")
+    address: _Address | None = Field(None, description="a hostname or IP address (string)")
+    port: _Port | None = Field(None, description="a TCP port, 1..65535 (integer)")
+    user: str | None = Field(None, description="a user name (string)")
+    key: str | None = Field(None, validate_default=True, description="a private key file path (string)")
+    workdir: _HostPath | None = Field(None, description=_HOST_PATH_WORDS)
+    snapshot_dir: _HostPath | None = Field(None, description=_HOST_PATH_WORDS)
+    host_key: _HostKey | None = Field(None, description="an OpenSSH public key line like 'ssh-ed25519 AAAA...'")
+
+    @field_validator("key")
+    @classmethod
+    def _ssh_needs_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _needed_by("ssh", value, info)
+
+
+class _Vm(_Table):
+    binary: str | None = Field(None, description="a QEMU binary (string)")
+    accel: str | None = Field(None, description="a QEMU accelerator like 'kvm' or 'tcg' (string)")
+    machine: str | None = Field(None, description="a QEMU machine type like 'q35' (string)")
+    cpu: str | None = Field(None, description="a QEMU CPU model like 'max' or 'host' (string)")
+    memory_mb: int | None = Field(None, description="the guest's memory in MB (integer)")
+
+
+class _Guest(_Table):
+    kernel: str = Field(description="a file path (string)")
+    initrd: str = Field(description="a file path (string)")
+    key: str = Field(description="a private key file path (string)")
+    append: str | None = Field(None, description="a kernel command line (string)")
+    boot_timeout: float | None = Field(None, description="seconds (number)")
+
+
+class _Workload(_Table):
+    memory_mb: int | None = Field(None, description="MB (integer)")
+    dirty_mb: int | None = Field(None, description="MB (integer)")
+    dirty_rate_mb: int | None = Field(None, description="MB/s, 0 for unpaced (integer)")
+    agent_timeout: float | None = Field(None, description="seconds (number)")
+
+
+class _Device(_Table):
+    kind: Literal["mdev", "pci"] = Field(description="'mdev' or 'pci'")
+    parent: _MdevName | None = Field(
+        None, validate_default=True, description="an mdev parent name of letters, digits and _ . : - (string)")
+    type: _MdevName | None = Field(
+        None, validate_default=True, description="an mdev type name of letters, digits and _ . : - (string)")
+    bdf: _PciAddress | None = Field(
+        None, validate_default=True, description="a PCI address like 0000:3b:00.1")
+    options: dict[_OptionName, _OptionValue] | None = Field(None, description=(
+        "vfio-pci properties as name = \"value\": names of a-z, 0-9, - and _ starting with a letter; "
+        "values without commas, '=' or whitespace (strings)"))
+    attributes: dict[_AttributeName, str] | None = Field(None, description=(
+        "sysfs attributes as name = \"value\": names of a-z, 0-9 and _ (strings)"))
+    expect_flags: _Flags | None = Field(None, description="migration flags like 'STOP_COPY|P2P' (string)")
+    known_issues: dict[str, str] | None = Field(
+        None, description="scenario = \"why it fails with this device\" (strings)")
+
+    @field_validator("parent", "type")
+    @classmethod
+    def _mdev_needs(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _needed_by("mdev", value, info)
+
+    @field_validator("bdf")
+    @classmethod
+    def _pci_needs(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _needed_by("pci", value, info)
+
+
+class _Checks(_Table):
+    require: list[_CheckName] | None = Field(None, description=(
+        "a list of optional checks that must run: 'kernel_cross_check', 'precopy_info', or 'all'"))
+
+
+class _File(_Table):
+    host: _Host = Field(description="a table with kind = 'local' or 'ssh'")
+    vm: _Vm | None = Field(None, description="a table of QEMU settings")
+    guest: _Guest = Field(description="a table with kernel, initrd and key")
+    device: list[_Device] = Field(min_length=1, description=(
+        "one or more [[device]] tables (double brackets), each naming a VFIO device"))
+    workload: _Workload | None = Field(None, description="a table of guest agent sizes")
+    test_device: _Device | None = Field(None, description="a table naming the qmigdev test device")
+    checks: _Checks | None = Field(None, description="a table with require = [...]")
+
+
+# Each top-level key: the table's model and how a person writes its name.
+_TABLES: dict[str, tuple[type[_Table], str]] = {
+    "host": (_Host, "[host]"),
+    "vm": (_Vm, "[vm]"),
+    "guest": (_Guest, "[guest]"),
+    "device": (_Device, "[[device]]"),
+    "workload": (_Workload, "[workload]"),
+    "test_device": (_Device, "[test_device]"),
+    "checks": (_Checks, "[checks]"),
+}
+
+
+# --- pydantic's errors in our words -------------------------------------------------
+
+
+def _shown(value: object) -> str:
+    """A found value as the file wrote it, on one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    text = repr(value)  # quotes strings and escapes newlines
+    return text if len(text) <= 80 else f"{text[:76]}...{text[-1]}"
+
+
+def _key(name: object) -> str:
+    return str(name) if re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) else repr(name)
+
+
+def _sentence(where: str, error: ErrorDetails) -> str:
+    kind, loc, found = error["type"], error["loc"], error["input"]
+    ctx = error.get("ctx") or {}
+    top = str(loc[0])
+    if top not in _TABLES:  # unknown top-level key: a misspelt table, or a key above any table
+        tables = ", ".join(label for _, label in _TABLES.values())
+        if isinstance(found, dict | list):
+            name = f"[{_key(top)}]" if isinstance(found, dict) else f"[[{_key(top)}]]"
+            return f"{where}: {name}: unknown table; expected some of {tables}"
+        return f"{where}: {_key(top)} = {_shown(found)}: a key outside any table; expected some of {tables}"
+    model, table = _TABLES[top]
+    rest = loc[1:]
+    if top == "device" and rest:
+        table, rest = f"[[device]] #{int(rest[0]) + 1}", rest[1:]
+    if not rest:  # the table itself
+        subject, expected = table, _File.model_fields[top].description
+    else:
+        name = str(rest[0])
+        subject = f"{table} {_key(name)}"
+        info = model.model_fields.get(name)
+        expected = info.description if info else None
+        if rest[-1] == "[key]":  # a key inside options/attributes
+            subject += f" key {_key(rest[1])}"
+        elif len(rest) > 1:  # a value inside options/attributes, as TOML's dotted key
+            subject += "." + ".".join(_key(part) for part in rest[1:])
+    if kind == "missing":
+        return f"{where}: {subject}: missing; expected {expected}"
+    if kind == "needed" and found is None:
+        return f"{where}: {subject}: missing, and kind = {ctx['kind']!r} needs it; expected {expected}"
+    # A bad key inside options/attributes is itself what was found.
+    head = f"{where}: {subject}" if rest and rest[-1] == "[key]" else f"{where}: {subject} = {_shown(found)}"
+    if kind == "extra_forbidden":
+        return f"{head}: unknown key; expected some of {', '.join(model.model_fields)}"
+    if kind == "needed":
+        return f"{head}: kind = {ctx['kind']!r} needs it; expected {expected}"
+    if kind == "literal_error":
+        return f"{head}: expected {ctx['expected']}"
+    if kind == "flags":
+        return f"{head}: {ctx['reason']}"
+    # Types (string_type, int_type, ...), patterns, ranges and our own checks:
+    # what was expected is the field's description.
+    return f"{head}: expected {expected}"
+
+
+# --- loading ---------------------------------------------------------------------
+
+_D = TypeVar("_D")
+
+
+def _built(cls: type[_D], table: _Table | None) -> _D:
+    # Only the keys the file has: the dataclass supplies every default.
+    return cls(**(table.model_dump(exclude_unset=True) if table else {}))
 
 
 def load(path: str | Path) -> Config:
     path = Path(path)
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the configuration file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not valid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    host: HostConfig = _build(HostConfig, where, "host", _table(where, data, "host"))
-    if host.kind not in {"local", "ssh"}:
-        raise ConfigError(f"{where}: [host] kind = {host.kind!r}: expected 'local' or 'ssh'")
-    if host.kind == "ssh" and not host.key:
-        raise ConfigError(f"{where}: [host] kind = 'ssh' needs key (a private key file)")
-    vm: VmConfig = _build(VmConfig, where, "vm", _table(where, data, "vm", required=False))
-    guest: GuestConfig = _build(GuestConfig, where, "guest", _table(where, data, "guest"))
-    raw_devices = data.get("device")
-    if not isinstance(raw_devices, list) or not raw_devices:
-        raise ConfigError(f"{where}: no [[device]] entries: name at least one VFIO device")
-    devices = tuple(_device(where, f"device #{i + 1}", d) for i, d in enumerate(raw_devices))
-    workload: WorkloadConfig = _build(
-        WorkloadConfig, where, "workload", _table(where, data, "workload", required=False)
+    try:
+        file = _File.model_validate(data)
+    except ValidationError as exc:
+        lines = dict.fromkeys(_sentence(where, e) for e in exc.errors(include_url=False))
+        raise ConfigError("\n".join(lines)) from None
+    return Config(
+        path=path,
+        host=_built(HostConfig, file.host),
+        vm=_built(VmConfig, file.vm),
+        guest=_built(GuestConfig, file.guest),
+        devices=tuple(_built(DeviceConfig, d) for d in file.device),
+        workload=_built(WorkloadConfig, file.workload),
+        test_device=_built(DeviceConfig, file.test_device) if file.test_device else None,
+        require=_required(file.checks),
     )
-    raw_test_device = _table(where, data, "test_device", required=False)
-    test_device = _device(where, "test_device", raw_test_device) if raw_test_device else None
-    return Config(path, host, vm, guest, devices, workload, test_device)
+
+
+def _required(checks: _Checks | None) -> tuple[str, ...] | None:
+    if checks is None or checks.require is None:
+        return None
+    return tuple(OPTIONAL_CHECKS) if "all" in checks.require else tuple(dict.fromkeys(checks.require))

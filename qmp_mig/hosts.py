@@ -272,12 +272,24 @@ class SshHost(Host):
     """A host reached over SSH with a key (the lab VM, or a remote KVM host)."""
 
     def __init__(
-        self, address: str, port: int, key_file: str, *, user: str = "root", name: str | None = None
+        self, address: str, port: int, key_file: str, *, user: str = "root", name: str | None = None,
+        host_key: str = "",
     ) -> None:
+        """``host_key`` (``ssh-ed25519 AAAA...``) pins the host's key; without it the key
+        must be in ``~/.ssh/known_hosts``. An unknown or different key is refused."""
         self.name = name or f"{user}@{address}:{port}"
         self._client = paramiko.SSHClient()
-        # Lab hosts get fresh host keys per image; there is nothing to pin against.
-        self._client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        self._client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if host_key:
+            kind, _, data = host_key.strip().partition(" ")
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(f"x {kind} {data.split()[0]}")
+            if entry is None or entry.key is None:
+                raise HostError(f"{self.name}: host key {host_key[:40]!r} is not an OpenSSH public key line")
+            known = address if port == 22 else f"[{address}]:{port}"
+            self._client.get_host_keys().add(known, entry.key.get_name(), entry.key)
+        else:
+            with contextlib.suppress(OSError):
+                self._client.load_host_keys(str(Path.home() / ".ssh" / "known_hosts"))
         try:
             self._client.connect(
                 address,
@@ -293,8 +305,15 @@ class SshHost(Host):
         except paramiko.AuthenticationException as exc:
             self._client.close()
             raise HostError(f"{self.name}: SSH login as {user} with key {key_file} refused: {exc}") from None
+        except paramiko.BadHostKeyException as exc:
+            self._client.close()
+            raise HostError(f"{self.name}: its SSH host key is {_fingerprint(exc.key)}, not the expected "
+                            f"{_fingerprint(exc.expected_key)}: refusing to connect") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._client.close()
+            if "not found in known_hosts" in str(exc):  # RejectPolicy's words
+                raise HostError(f"{self.name}: its SSH host key is unknown: add it to ~/.ssh/known_hosts "
+                                "(ssh-keyscan) or set [host] host_key") from None
             raise HostLost(self.name, _unreachable(exc), None) from None
         transport = self._client.get_transport()
         assert transport is not None
@@ -366,6 +385,10 @@ class SshHost(Host):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
 
 
 def _unreachable(error: BaseException) -> str:

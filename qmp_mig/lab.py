@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ class LabState:
     boot_seconds: float
     guest_accel: str = "tcg"
     owner_pid: int = 0  # the command that booted it and takes it down with it; 0: `lab up`
+    host_key: str = ""  # its SSH host key, pinned (read from its image)
 
 
 def state_dir() -> Path:
@@ -143,7 +145,8 @@ def up(say: Callable[[str], None] = print, timeout: float = 300, *, owned: bool 
     try:
         _wait_ready(process, console, directory / "qemu.stderr.log", timeout)
         key = str(lab_image / "id_ed25519")
-        host = SshHost("127.0.0.1", port, key, name="lab")  # it really lets us in
+        host_key = _host_key(lab_image)
+        host = SshHost("127.0.0.1", port, key, name="lab", host_key=host_key)  # it really lets us in
         host.run(["sh", "-c", f"mkdir -p {LAB_SNAPSHOTS} && "
                   f"mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 snapshots {LAB_SNAPSHOTS}"])
         guest_accel = _guest_accel(host)
@@ -155,12 +158,31 @@ def up(say: Callable[[str], None] = print, timeout: float = 300, *, owned: bool 
         pid=process.pid, ssh_port=port, key=key, lab_image=str(lab_image),
         guest_image=str(guest_image), console=str(console), config=str(directory / "host.toml"),
         started=time.time(), boot_seconds=round(time.monotonic() - started, 1),
-        guest_accel=guest_accel, owner_pid=os.getpid() if owned else 0,
+        guest_accel=guest_accel, owner_pid=os.getpid() if owned else 0, host_key=host_key,
     )
     _write_config(state)
     _state_file().write_text(json.dumps(asdict(state), indent=1))
     say(f"lab up in {state.boot_seconds:.1f} s (pid {state.pid}); guests inside run under {guest_accel}")
     return state
+
+
+def _host_key(lab_image: Path) -> str:
+    """The lab's SSH host key (``ssh-ed25519 AAAA...``), read from its image: the key
+    made when the image was built is the only one the lab may present."""
+    cached = lab_image / "host_ed25519.pub"
+    if cached.exists():
+        return cached.read_text().strip()
+    with tempfile.TemporaryDirectory() as scratch:
+        private = Path(scratch) / "host_key"
+        subprocess.run(["debugfs", "-R", f"dump /etc/dropbear/dropbear_ed25519_host_key {private}",
+                        str(lab_image / "rootfs.img")], capture_output=True, check=False)
+        public = subprocess.run(["dropbearkey", "-y", "-f", str(private)], capture_output=True, text=True,
+                                check=False).stdout
+    line = next((" ".join(w.split()[:2]) for w in public.splitlines() if w.startswith("ssh-ed25519 ")), "")
+    if not line:
+        raise LabError(f"no SSH host key in {lab_image / 'rootfs.img'}; rebuild it: qmp-mig images build lab")
+    cached.write_text(line + "\n")
+    return line
 
 
 def _guest_accel(host: SshHost) -> str:
@@ -222,6 +244,8 @@ kind = "ssh"
 address = "127.0.0.1"
 port = {state.ssh_port}
 key = "{state.key}"
+# The host key made when the lab image was built: any other is refused.
+host_key = "{state.host_key}"
 workdir = "/var/tmp/qmp-mig"
 snapshot_dir = "{LAB_SNAPSHOTS}"
 
@@ -239,6 +263,10 @@ append = "console=ttyS0 quiet init_on_free=1"
 # Scenarios restore a booted snapshot; the one cold boot takes ~20 s under the
 # lab's KVM and 5 minutes under nested TCG.
 boot_timeout = 1200
+
+# In the lab every check must run: one that cannot fails its test.
+[checks]
+require = ["all"]
 
 # Guest code runs under emulation here: keep the agents' work small.
 [workload]
@@ -294,7 +322,9 @@ def down(say: Callable[[str], None] = print, timeout: float = 20) -> bool:
 
 
 def ssh_command(state: LabState, command: list[str]) -> list[str]:
+    known = state_dir() / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{state.ssh_port} {state.host_key}\n")
     return [
-        "ssh", "-i", state.key, "-p", str(state.ssh_port), "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", *command,
+        "ssh", "-i", state.key, "-p", str(state.ssh_port), "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known}", "-o", "LogLevel=ERROR", "root@127.0.0.1", *command,
     ]

@@ -32,11 +32,6 @@ from .kernel_trace import KernelTrace
 from .qemu_trace import TRACE_EVENTS
 
 PASS, FAIL, OFF = "ok", "FAIL", "not offered"
-# The checks that depend on what the host offers, by the name a configuration uses.
-OPTIONAL_CHECKS = {
-    "kernel_cross_check": "the kernel's own arcs (fprobe on vfio_mig_get_next_state)",
-    "precopy_info": "PRECOPY_INFO answers from QEMU's vfio trace",
-}
 
 
 @dataclass(frozen=True)
@@ -235,9 +230,6 @@ def _required(result: Preflight, config: Config) -> None:
 
 def required_checks(config: Config, offered: set[str]) -> set[str]:
     """What the configuration requires: its list, or by default all the host offers."""
-    listed = getattr(config, "require", None)
-    if listed is None:
-        return set(offered)
-    return set(OPTIONAL_CHECKS) if listed == ("all",) else set(listed)
+    return set(offered) if config.require is None else set(config.require)
 
 

@@ -36,7 +36,8 @@ def connect(config: Config) -> Host:
     h = config.host
     if h.kind == "local":
         return LocalHost()
-    return SshHost(h.address, h.port, h.key, user=h.user, name=f"{h.user}@{h.address}:{h.port}")
+    return SshHost(h.address, h.port, h.key, user=h.user, name=f"{h.user}@{h.address}:{h.port}",
+                   host_key=h.host_key)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from qmp_mig.agents import MTTY_PATTERN, MemoryAgent, MttyAgent
 from qmp_mig.checks import CheckFailed, check_bytes, check_memory, check_walk
 from qmp_mig.faults import corrupt_guest_word
 from qmp_mig.fsm import State
+from qmp_mig.hosts import HostError, SshHost
 from qmp_mig.interrupts import GRACE
 from qmp_mig.kernel_trace import check_device
 from qmp_mig.migration import Migration
@@ -364,3 +365,17 @@ def test_killed_lab_is_one_finding(lab_config: Path, tmp_path: Path) -> None:
                    for words in ("Unable to connect", "SSH session not active", "Errno")), tests
     assert run.returncode != 0
     assert processes_of(str(tmp_path)) == [] and lab_processes() == []
+
+
+def test_the_lab_host_key_is_pinned(lab_config: Path) -> None:
+    """The lab presents the key its image was built with; another pinned key, or none
+    known, is refused before anything is sent."""
+    state = lab.status()
+    assert state is not None and state.host_key.startswith("ssh-ed25519 ")
+    assert config.load(lab_config).host.host_key == state.host_key
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0Jm3y8e0b0o7QwCFhX1b8p3S1s5GQhM0U5iC0fYqK"
+    with pytest.raises(HostError, match=r"its SSH host key is ssh-ed25519 SHA256:\S+, not the expected"):
+        SshHost("127.0.0.1", state.ssh_port, state.key, host_key=other)
+    with pytest.raises(HostError, match="its SSH host key is unknown"):
+        SshHost("127.0.0.1", state.ssh_port, state.key)
+    SshHost("127.0.0.1", state.ssh_port, state.key, host_key=state.host_key).close()
