@@ -79,11 +79,15 @@ class RunError(RuntimeError):
     """The suite could not be run at all (as opposed to tests failing)."""
 
 
-def avocado_command(part: Part, results: Path) -> list[str]:
+def avocado_command(part: Part, results: Path, config: Path) -> list[str]:
+    """One part as an ``avocado run``; our Avocado plugin (qmp_mig/avocado_plugin.py)
+    hands ``config`` to the tests. The summary and report are ours, across the jobs."""
     command = [
         sys.executable, "-m", "avocado", "run",
         "--job-results-dir", str(results),
         "--max-parallel-tasks", "1",
+        "--qmp-mig-config", str(config),
+        "--qmp-mig-no-summary",
     ]
     command += [str(REPO / test) for test in part.tests if (REPO / test.split(":", 1)[0]).exists()]
     if part.variants:  # last: -m takes every argument after it as a YAML file
@@ -115,14 +119,15 @@ def run_suite(suite: str, config: Path, results: Path, console: Console, run_id:
     results.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]running suite {suite!r}[/] against {config}")
     started = time.monotonic()
-    # The host configuration goes by environment: Avocado refuses -p together with variants.
-    environment = {**os.environ, "QMP_MIG_RUN_ID": run_id, "QMP_MIG_HOST_CONFIG": str(config),
-                   "QMP_MIG_RUN_DIR": str(results)}
+    # The host configuration goes by --qmp-mig-config (avocado_command), not -p: Avocado
+    # refuses -p together with variants.
+    environment = {**os.environ, "QMP_MIG_RUN_ID": run_id, "QMP_MIG_RUN_DIR": str(results)}
     run = SuiteRun()
     try:
         for part in SUITES[suite]:
             before = set(results.glob("job-*"))
-            returncode, run.interrupted = _run_job(avocado_command(part, results), environment, console)
+            returncode, run.interrupted = _run_job(avocado_command(part, results, config), environment,
+                                                 console)
             new = sorted(set(results.glob("job-*")) - before)
             if new and (new[-1] / "results.json").exists():
                 run.jobs.append(new[-1])
@@ -191,7 +196,12 @@ def _tests(jobs: list[Path]) -> list[dict[str, Any]]:
 
 
 def summary_table(jobs: list[Path]) -> Table:
-    tests = _tests(jobs)
+    """Every test of the jobs (their results.json), one row each."""
+    return results_table(_tests(jobs))
+
+
+def results_table(tests: list[dict[str, Any]]) -> Table:
+    """The summary table of ``tests``, records as Avocado's results.json holds them."""
     table = Table(title=f"qmp-mig results ({len(tests)} tests)")
     for column in ("test", "status", "time", "detail"):
         table.add_column(column)

@@ -66,9 +66,13 @@ class MigrationTest(Test):
         lost = host_lost()
         if lost is not None:
             self.cancel(f"not run: {lost.sentence()}")
+        # A host_config parameter (-p or a variant), else what our Avocado plugin exports
+        # from --qmp-mig-config (qmp_mig/avocado_plugin.py); the plugin refuses a job that
+        # has neither, so this cancel is only seen where the plugin is not loaded.
         path = self.params.get("host_config", default=os.environ.get("QMP_MIG_HOST_CONFIG"))
         if not path:
-            self.cancel("no host_config parameter (qmp-mig run passes the lab's)")
+            self.cancel("no host configuration: pass --qmp-mig-config FILE to avocado run "
+                        "(qmp-mig run passes the lab's)")
         config = configuration.load(path)
         options = {k: str(v) for k, v in _table(self.params, "device_options").items()}
         if options:
