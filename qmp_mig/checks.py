@@ -5,7 +5,9 @@ changed); details follow on later lines."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .fsm import State, first_difference, format_walk
@@ -13,6 +15,24 @@ from .fsm import State, first_difference, format_walk
 
 class CheckFailed(AssertionError):
     """A verdict: the first line of the message is the one-line summary."""
+
+
+# An optional check that could not run in a test (and was not required) is listed
+# here, in the test's artifacts: check name -> why. Never a pass in disguise.
+NOT_RUN_FILE = "checks-not-run.json"
+
+
+def not_run(logdir: Path) -> dict[str, str]:
+    """The checks a test could not run, from its log directory (empty if none)."""
+    try:
+        listed = json.loads((logdir / "artifacts" / NOT_RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in listed.items()} if isinstance(listed, dict) else {}
+
+
+def describe_not_run(checks: dict[str, str]) -> str:
+    return "not run: " + "; ".join(f"{name} ({why})" for name, why in checks.items()) if checks else ""
 
 
 def check_walk(where: str, expected: Sequence[State], observed: Sequence[State]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from . import fsm
 from .agents import QmigdevAgent
 from .checks import CheckFailed, check_device_memory, check_equal, check_p2p, check_records, check_walk
-from .config import DeviceConfig
+from .config import Config, DeviceConfig
 from .fsm import Flag, State
 from .migration import Migration, MigrationResult
 from .qemu import QemuInstance
@@ -47,10 +47,10 @@ class DeviceLoad:
 class DeviceTest(MigrationTest):
     """Base of the tests that need the host's ``[test_device]`` (qmigdev)."""
 
-    def setUp(self) -> None:
-        super().setUp()
-        if self.config.test_device is None:
-            self.cancel("the host configuration names no [test_device] (devices/qmigdev)")
+    def missing(self, config: Config) -> str | None:
+        if config.test_device is None:
+            return "the host configuration names no [test_device] (devices/qmigdev)"
+        return None
 
     # --- devices ----------------------------------------------------------------
 

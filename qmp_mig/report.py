@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import jinja2
 
+from .checks import describe_not_run, not_run
+
 _NO_REASON = {"", "<unknown>", "None"}  # what Avocado puts in fail_reason for a pass
 
 
@@ -41,6 +43,7 @@ class _Test:
     whiteboard: str
     summary: str
     tags: list[str]
+    not_run: str = ""  # optional checks that could not run, and why
     timeline_svg: str | None = None
     timeline_txt: str | None = None
     logs: list[_File] = field(default_factory=list)
@@ -144,6 +147,7 @@ def _test(job: Path, index: int, record: dict[str, Any], base: Path | None = Non
     test.logdir_found = True
     artifacts = logdir / "artifacts"
     test.summary = _first_line(_read(artifacts / "summary.txt"))
+    test.not_run = describe_not_run(not_run(logdir))
     if (artifacts / "timeline.svg").is_file():
         test.timeline_svg = _href(artifacts / "timeline.svg", links)
     if (artifacts / "timeline.txt").is_file():
@@ -218,6 +222,7 @@ section.b-SKIP, section.b-CANCEL { border-left-color: var(--skip); }
 pre.reason { background: #fff5f5; border: 1px solid #ffcecb; border-radius: 6px; padding: .6rem .8rem;
              white-space: pre-wrap; margin: .7rem 0 0; }
 .whiteboard { margin: .5rem 0 0; }
+.notrun { margin: .5rem 0 0; color: #8a5a00; font-weight: bold; }
 .timeline { overflow: auto; max-height: 85vh; border: 1px solid var(--line); border-radius: 6px; margin-top: .4rem; background: #fff; }
 .timeline img { display: block; max-width: none; }
 .none { color: #8c959f; font-style: italic; }
@@ -266,6 +271,7 @@ footer { color: #8c959f; font-size: .8rem; margin-top: 2rem; }
 {% if t.tags %}<div>{% for tag in t.tags %}<span class="tag">{{ tag }}</span>{% endfor %}</div>{% endif %}
 {% if t.fail_reason %}<pre class="reason">{{ t.fail_reason }}</pre>{% endif %}
 {% if t.whiteboard %}<p class="whiteboard">{{ t.whiteboard }}</p>{% endif %}
+{% if t.not_run %}<p class="notrun">{{ t.not_run }}</p>{% endif %}
 
 <h3>timeline</h3>
 {% if t.timeline_svg %}

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from .checks import describe_not_run, not_run
 from .images import REPO
 from .interrupts import Interrupted, interruptible_child
 from .report import expected_failure
@@ -95,6 +97,7 @@ def avocado_command(part: Part, results: Path, config: Path) -> list[str]:
     return command
 
 
+AVOCADO_FAIL = 1  # Avocado's exit status bit for "some test failed"
 # From the signal: Avocado's own interrupt (each running test gets SIGTERM and unwinds
 # for a second, then is killed) must be over by then, or its process group is killed.
 JOB_STOP_BUDGET = 5.0
@@ -135,7 +138,9 @@ def run_suite(suite: str, config: Path, results: Path, console: Console, run_id:
                 raise RunError(f"avocado exited {returncode} without a job's results in {results}")
             else:
                 console.print(f"[yellow]the interrupted Avocado job left no results.json[/] ({returncode})")
-            run.status |= returncode if returncode > 0 else 0
+            if returncode < 0 and run.interrupted is None:  # killed, and not by us
+                console.print(f"[red]Avocado was killed by signal {-returncode}[/]")
+            run.status |= returncode if returncode >= 0 else AVOCADO_FAIL
             if run.interrupted is not None:
                 break
     except Interrupted as between_jobs:
@@ -211,13 +216,15 @@ def results_table(tests: list[dict[str, Any]]) -> Table:
         status = "XFAIL" if expected_failure(test) else test.get("status", "?")
         # Avocado fills fail_reason with "<unknown>" for tests that passed.
         reason = test.get("fail_reason") if status != "PASS" else ""
-        detail = (reason or test.get("whiteboard") or "").splitlines()
+        detail = (reason or test.get("whiteboard") or "").splitlines()[:1]
+        unrun = describe_not_run(not_run(Path(test["logdir"]))) if test.get("logdir") else ""
         name = test.get("name", test.get("id", "?")).split(":", 1)[-1]
         table.add_row(
             name.replace(";", " "),
             f"[{colours.get(status, 'white')}]{status}[/]",
             f"{test.get('time_elapsed', 0):.1f} s",
-            _clip(detail[0]) if detail else "",
+            # An optional check that did not run is said even when the test passed.
+            escape("\n".join([_clip(line) for line in detail] + ([f"[{unrun}]"] if unrun else []))),
         )
     return table
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,15 @@ from avocado import Test
 from . import config as configuration
 from . import fsm
 from .agents import MTTY_PATTERN, MemoryAgent, MttyAgent
-from .checks import CheckFailed, check_bytes, check_equal, check_memory, check_walk
+from .checks import (
+    NOT_RUN_FILE,
+    CheckFailed,
+    check_bytes,
+    check_equal,
+    check_memory,
+    check_walk,
+    describe_not_run,
+)
 from .config import DeviceConfig
 from .fsm import Flag, State
 from .host_loss import HostStoppedAnswering, host_lost
@@ -79,11 +88,15 @@ class MigrationTest(Test):
             config = dataclasses.replace(config, devices=tuple(
                 dataclasses.replace(d, options={**d.options, **options}) for d in config.devices))
         self.config = config
+        absent = self.missing(config)
+        if absent:  # before anything is made on the host, so nothing can turn it into a pass
+            self.cancel(absent)
         self.artifacts = Path(self.logdir) / "artifacts"
         self.marks: list[Mark] = []
         self.kernel_check: KernelCheck | None = None
         self.findings: list[Finding] = []
         self.collect = False  # detection tests run every check and keep what failed
+        self.not_run: dict[str, str] = {}  # optional checks that could not run -> why
         try:
             self.bed = Testbed(config, self.artifacts)
         except HostLost as lost:
@@ -99,9 +112,29 @@ class MigrationTest(Test):
             self.log.info("variant: capabilities %s, parameters %s, device options %s",
                           self.capabilities, self.parameters, options)
         if not self.bed.kernel.available:
-            self.log.warning("kernel cross-check off on this host: %s", self.bed.kernel.reason)
+            self.could_not_run("kernel_cross_check", f"no kernel probes: {self.bed.kernel.reason}")
+
+    def missing(self, config: configuration.Config) -> str | None:
+        """Why this test cannot run with ``config`` (it is then cancelled), or None."""
+        return None
+
+    def could_not_run(self, check: str, why: str) -> None:
+        """An optional check that could not run fails the test when the configuration
+        requires it ([checks] require; the lab requires all); otherwise it is listed
+        (summary table, report, results.json) and never counted as a pass."""
+        if self.config.require is not None and check in self.config.require:
+            raise CheckFailed(f"{check} could not run: {why} ([checks] require names it)")
+        if check not in self.not_run:
+            self.log.info("check not run: %s: %s", check, why)
+            self.not_run[check] = why
 
     def tearDown(self) -> None:
+        if self.not_run:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            (self.artifacts / NOT_RUN_FILE).write_text(json.dumps(self.not_run, indent=1))
+            listed = describe_not_run(self.not_run)
+            before = str(getattr(self, "whiteboard", "") or "")
+            self.whiteboard = f"{before}\n{listed}" if before else listed
         if not hasattr(self, "bed"):
             return
         try:
@@ -330,12 +363,18 @@ class MigrationTest(Test):
         gave (QEMU's trace of the source; see qemu_trace)."""
         names = {source.qemu.device_name(d): d for d, f in source.flags.items() if f & Flag.PRE_COPY}
         problems = []
+        seen = set()
         for session in save_sessions(source.qemu.vfio_trace()):
             if session.device not in names:
                 continue
+            seen.add(session.device)
             where = f"{source.qemu.name} {names[session.device]}"
             self.log.info("pre-copy data of %s: %s", where, session.summary())
             problems += [f"{where}: {p}" for p in session.problems]
+        unseen = [names[d] for d in names if d not in seen]
+        if unseen:
+            self.could_not_run("precopy_info", f"QEMU's vfio trace of {source.qemu.name} shows no pre-copy "
+                               f"data for {', '.join(unseen)}")
         if problems:
             raise CheckFailed("\n".join(problems))
 
@@ -344,7 +383,7 @@ class MigrationTest(Test):
         check = self.bed.check_kernel()
         self.kernel_check = check
         if not check.available:
-            self.log.warning("kernel cross-check skipped: %s", check.reason)
+            self.could_not_run("kernel_cross_check", f"no kernel probes: {check.reason}")
             return
         calls = sum(len(c) for c in check.calls.values())
         self.log.info("kernel cross-check: %d calls of vfio_mig_get_next_state", calls)
