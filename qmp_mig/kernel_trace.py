@@ -215,6 +215,7 @@ class KernelTrace:
         result = host.run(["sh", "-c", script, "sh", instance], check=False, timeout=60)
         if result.returncode != 0:
             reason = (result.stdout + result.stderr).strip().splitlines()
+            stop_instance(host, f"{TRACEFS}/instances/{instance}")  # the script may have made it
             return cls(host, instance, available=False,
                        reason=reason[-1] if reason else f"setup exited {result.returncode}")
         offset = host.run(["python3", "-c", _TAI_OFFSET], check=False)

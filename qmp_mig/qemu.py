@@ -122,6 +122,7 @@ class QemuInstance:
             )
         except Exception as exc:  # noqa: BLE001 - any failure: kill, then report it
             self.kill()
+            self._process.stream.close()
             self._collect_artifacts()
             stderr = (self.artifacts / f"{self.name}.stderr.log")
             text = stderr.read_text(errors="replace").strip() if stderr.exists() else ""

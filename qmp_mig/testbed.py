@@ -26,7 +26,7 @@ from .devices import MdevDevice, PciDevice, VfioDevice
 from .fsm import Flag, State
 from .guest import Guest
 from .hosts import Host, HostError, LocalHost, SshHost, fetch
-from .kernel_trace import KernelCall, KernelTrace, check_device, debugfs_state, stop_instance
+from .kernel_trace import TRACEFS, KernelCall, KernelTrace, check_device, debugfs_state, stop_instance
 from .migration import restore_from_file, save_to_file
 from .qemu import QemuInstance, VmSpec
 from .snapshots import snapshot_name, stale
@@ -77,20 +77,27 @@ class Testbed:
         if threading.current_thread() is threading.main_thread():
             # The runner stops a test with SIGTERM: unwind like Ctrl-C.
             signal.signal(signal.SIGTERM, _raise_interrupt)
+        self._lease: list[str] = []
+        self.vms: list[tuple[QemuInstance, list[Flag]]] = []
         self.host = connect(config)
         self._stack.callback(self.host.close)
+        try:  # whatever was made before a failure here is given back at once
+            self._open(config)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _open(self, config: Config) -> None:
         private_workdir(self.host, config.host.workdir)
         self.workdir = self.host.run(
             ["mktemp", "-d", "-p", config.host.workdir, f"testbed.{run_id()}.XXXXXX"]
         ).stdout.strip()
         self._stack.callback(self.host.remove_tree, self.workdir)
-        self._lease: list[str] = []
         self.clock_offset = _clock_offset(self.host)
-        self.vms: list[tuple[QemuInstance, list[Flag]]] = []
-        self.kernel = KernelTrace.start(self.host, f"qmp-mig-{self.workdir.rsplit('/', 1)[-1]}")
-        if self.kernel.available:
-            self._record(f"trace {self.kernel.path}")
-            self._stack.callback(self.kernel.stop)
+        instance = f"qmp-mig-{self.workdir.rsplit('/', 1)[-1]}"
+        self._record(f"trace {TRACEFS}/instances/{instance}")  # leased before it exists, like an mdev
+        self.kernel = KernelTrace.start(self.host, instance)
+        self._stack.callback(self.kernel.stop)
 
     def close(self) -> None:
         self._stack.close()
@@ -263,7 +270,7 @@ def sweep(config: Config, run: str) -> list[str]:
     swept: list[str] = []
     try:
         listing = host.run(
-            ["sh", "-c", f"ls -d {config.host.workdir}/testbed.{run}.* 2>/dev/null"], check=False
+            ["sh", "-c", 'ls -d "$1"/testbed."$2".* 2>/dev/null', "sh", config.host.workdir, run], check=False
         )
         for workdir in listing.stdout.split():
             lease = host.run(["cat", f"{workdir}/lease"], check=False).stdout.splitlines()
