@@ -8,6 +8,7 @@ Avocado's own progress lines, and print a summary table from results.json.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -91,7 +92,7 @@ def avocado_command(part: Part, results: Path, config: Path) -> list[str]:
         "--qmp-mig-config", str(config),
         "--qmp-mig-no-summary",
     ]
-    command += [str(REPO / test) for test in part.tests if (REPO / test.split(":", 1)[0]).exists()]
+    command += [str(REPO / test) for test in part.tests]
     if part.variants:  # last: -m takes every argument after it as a YAML file
         command += ["-m", str(REPO / part.variants)]
     return command
@@ -113,12 +114,35 @@ class SuiteRun:
     interrupted: Interrupted | None = None
 
 
+def unresolved(suite: str) -> list[str]:
+    """The entries of ``suite`` that name no test (file, class and method) or no variants file."""
+    problems = []
+    for part in SUITES[suite]:
+        for test in part.tests:
+            path, _, name = test.partition(":")
+            if not (REPO / path).is_file():
+                problems.append(f"{test}: no file {path}")
+                continue
+            if name:
+                tree = ast.parse((REPO / path).read_text(), path)
+                cls, _, method = name.partition(".")
+                found = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+                if found is None or not any(isinstance(n, ast.FunctionDef) and n.name == method
+                                            for n in found.body):
+                    problems.append(f"{test}: no test {name} in {path}")
+        if part.variants and not (REPO / part.variants).is_file():
+            problems.append(f"{part.variants}: no such variants file")
+    return problems
+
+
 def run_suite(suite: str, config: Path, results: Path, console: Console, run_id: str) -> SuiteRun:
     """Run each part of the suite as an Avocado job under ``results``. A signal
     interrupts the running job the way Avocado itself is interrupted, keeps the
     results of the tests that finished, and starts no further part."""
     if suite not in SUITES:
         raise RunError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
+    if problems := unresolved(suite):  # Avocado would run the rest and say nothing
+        raise RunError(f"suite {suite!r} names tests that do not exist: " + "; ".join(problems))
     results.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]running suite {suite!r}[/] against {config}")
     started = time.monotonic()
