@@ -34,6 +34,7 @@ from avocado.core.settings import settings
 SECTION = "qmp_mig"
 CONFIG = f"{SECTION}.config"
 SUMMARY = f"{SECTION}.summary"
+PREFLIGHT = f"{SECTION}.preflight"
 #: What MigrationTest.setUp falls back to when no test parameter names the file.
 HOST_CONFIG_ENV = "QMP_MIG_HOST_CONFIG"
 PARALLEL = "run.max_parallel_tasks"
@@ -124,6 +125,20 @@ def _variant_values(config: dict[str, Any], key: str) -> list[Any]:
         raise Refused(f"qmp-mig: the variants do not load: {bad}") from None
 
 
+def _preflight(paths: list[str]) -> None:
+    """``qmp-mig check`` on every host the job will use; its table and a refusal if one fails."""
+    from rich.console import Console
+
+    from .preflight import check
+    from .testbed import connect
+
+    for path in paths:
+        result = check(Path(path), connect)
+        if not result.ok:
+            Console(file=sys.__stderr__, highlight=False).print(result.table(f"qmp-mig check: {path}"))
+            raise Refused(f"qmp-mig: the host is not ready (qmp-mig check --config {path}); no test started")
+
+
 def _prepare(config: dict[str, Any]) -> None:
     """One test at a time, and the configured file where the tests look for it."""
     config[PARALLEL] = 1
@@ -144,6 +159,10 @@ class QmpMigInit(Init):
                      "ci/kvm-host.example.toml. A test's host_config parameter (-p or a "
                      "variant) wins over it; without either, $QMP_MIG_HOST_CONFIG is used.")
         settings.register_option(
+            section=SECTION, key="preflight", default=True, key_type=bool,
+            help_msg="Before a job with qmp-mig tests, check the host (qmp-mig check) and "
+                     "start nothing when an item fails.")
+        settings.register_option(
             section=SECTION, key="summary", default=True, key_type=bool,
             help_msg="After a job with qmp-mig tests, print qmp-mig's summary table and "
                      "write report.html into the job's directory.")
@@ -163,6 +182,9 @@ class QmpMigCLI(CLI):
         settings.add_argparser_to_option(namespace=CONFIG, parser=group,
                                          long_arg="--qmp-mig-config", metavar="FILE")
         settings.add_argparser_to_option(
+            namespace=PREFLIGHT, parser=group, long_arg="--qmp-mig-no-preflight",
+            help_msg="Do not check the host before the job (qmp-mig run checks it once per suite).")
+        settings.add_argparser_to_option(
             namespace=SUMMARY, parser=group, long_arg="--qmp-mig-no-summary",
             help_msg="Do not print qmp-mig's summary table or write its report.html "
                      "(qmp-mig run makes its own, across the jobs of a suite).")
@@ -175,7 +197,9 @@ class QmpMigCLI(CLI):
         if config.get("run.dry_run.enabled"):
             return  # nothing runs: listing variants needs no host
         try:
-            host_configs(config)
+            paths = host_configs(config)
+            if config.get(PREFLIGHT):
+                _preflight(paths)
         except Refused as refused:
             # Avocado's own output is not set up yet (and would repeat early lines).
             print(refused, file=sys.__stderr__, flush=True)

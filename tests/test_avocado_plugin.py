@@ -153,6 +153,7 @@ def test_a_qmp_mig_job_runs_one_test_at_a_time(tmp_path: Path) -> None:
     results = tmp_path / "results"
     run = avocado("run", "--job-results-dir", str(results), "--max-parallel-tasks", "4",
                   "--qmp-mig-config", str(EXAMPLE_CONFIG.relative_to(REPO)),
+                  "--qmp-mig-no-preflight",  # this machine has no VFIO: the subject here is parallelism
                   str(probe(tmp_path, "import qmp_mig  # a qmp-mig test", wait=1.5)))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "qmp-mig: tests run one at a time (they share the host's devices), not 4 in parallel as asked" \
@@ -163,3 +164,16 @@ def test_a_qmp_mig_job_runs_one_test_at_a_time(tmp_path: Path) -> None:
     assert "qmp-mig results (2 tests)" in run.stdout
     assert f"qmp-mig report: {job / 'report.html'}" in run.stdout.splitlines()
     assert "Probe.test_a" in (job / "report.html").read_text()
+
+
+def test_a_host_that_fails_the_preflight_starts_no_test(tmp_path: Path) -> None:
+    """This machine has no VFIO: the plugin's `qmp-mig check` prints its table and the job
+    stops before any test, with exit 2."""
+    results = tmp_path / "results"
+    run = avocado("run", "--job-results-dir", str(results), "--qmp-mig-config", str(EXAMPLE_CONFIG),
+                  str(REPO / "avocado_tests" / "test_refusals.py"))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "what to do" in run.stderr and "FAIL" in run.stderr
+    assert f"qmp-mig: the host is not ready (qmp-mig check --config {EXAMPLE_CONFIG}); no test started" \
+        in run.stderr
+    assert not results.exists() or not list(results.glob("job-*/test-results/*"))
