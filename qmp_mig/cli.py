@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from . import benchmark, images, lab, leftovers, preflight
 from .config import ConfigError
@@ -80,14 +81,15 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
     run_dir: Path | None = None
     try:
         if args.config:
-            config = Path(args.config).resolve()
-            load_config(config)  # a bad file fails here, before anything starts
+            path = Path(args.config).resolve()
+            load_config(path)  # a bad file fails here, before anything starts
         else:
             booted_here = lab.status() is None
-            config = Path(lab.up(say, owned=True).config)
+            path = Path(lab.up(say, owned=True).config)
         _finish_earlier_runs()
-        if not _preflight(config):
+        if not _preflight(path):
             return 2
+        config = path  # from here on there is something to clean up on the host
         leftovers.record(run_id, config)
         run_dir = Path(args.results).resolve() / f"run-{time.strftime('%Y-%m-%dT%H.%M.%S')}-{args.suite}"
         outcome = run_suite(args.suite, config, run_dir, console, run_id)
@@ -105,7 +107,7 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
     console.print(summary_table(outcome.jobs))
     lost = host_lost(run_dir)
     if lost is not None:
-        say(f"[red]{lost.sentence()}[/]")
+        say(f"[red]{escape(lost.sentence())}[/]")
     detection = detection_table(outcome.jobs)
     if detection is not None:
         console.print(detection)
@@ -222,10 +224,10 @@ def _sweep(config: Path, run_id: str, timeout: float) -> bool:
         say(f"[red]the sweep of the host did not finish within {timeout:.0f} s[/]")
         return False
     if isinstance(outcome[0], BaseException):
-        say(f"[red]could not sweep the host after the run:[/] {outcome[0]}")
+        say(f"[red]could not sweep the host after the run:[/] {escape(str(outcome[0]))}")
         return False
     for item in outcome[0]:
-        say(f"[yellow]cleaned up after an interrupted test:[/] {item}")
+        say(f"[yellow]cleaned up after an interrupted test:[/] {escape(item)}")
     return True
 
 
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return int(args.func(args, stop))
         except (images.ImageError, lab.LabError, RunError, ConfigError) as exc:
-            say(f"[red]error:[/] {exc}")
+            say(f"[red]error:[/] {escape(str(exc))}")
             return 2
         except Interrupted as exc:
             say(f"[yellow]interrupted by {exc.name}[/]")
