@@ -72,6 +72,7 @@ class MigrationTest(Test):
                 setattr(cls, name, _host_loss_named(method))
 
     def setUp(self) -> None:
+        self.not_run: dict[str, str] = {}  # optional checks that could not run -> why
         lost = host_lost()
         if lost is not None:
             self.cancel(f"not run: {lost.sentence()}")
@@ -96,7 +97,6 @@ class MigrationTest(Test):
         self.kernel_check: KernelCheck | None = None
         self.findings: list[Finding] = []
         self.collect = False  # detection tests run every check and keep what failed
-        self.not_run: dict[str, str] = {}  # optional checks that could not run -> why
         try:
             self.bed = Testbed(config, self.artifacts)
         except HostLost as lost:

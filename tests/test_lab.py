@@ -379,3 +379,23 @@ def test_the_lab_host_key_is_pinned(lab_config: Path) -> None:
     with pytest.raises(HostError, match="its SSH host key is unknown"):
         SshHost("127.0.0.1", state.ssh_port, state.key)
     SshHost("127.0.0.1", state.ssh_port, state.key, host_key=state.host_key).close()
+
+
+def test_absent_test_device_is_cancel_with_its_reason(lab_config: Path, tmp_path: Path) -> None:
+    """`avocado run --qmp-mig-config` (our plugin, its preflight included) with a host
+    configuration that names no [test_device]: the device tests are CANCEL with the
+    reason, never WARN or PASS, and nothing is left in the lab."""
+    text = lab_config.read_text()
+    without = tmp_path / "host.toml"
+    without.write_text(text[:text.index("[test_device]")])
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "avocado", "run", "--job-results-dir", str(results),
+                          "--qmp-mig-config", str(without),
+                          "avocado_tests/test_device.py:DeviceMigration.test_flag_walks"],
+                         capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (job,) = results.glob("job-*")
+    (test,) = json.loads((job / "results.json").read_text())["tests"]
+    assert test["status"] == "CANCEL", test
+    assert test["fail_reason"] == "the host configuration names no [test_device] (devices/qmigdev)"
+    assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
