@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -173,36 +175,32 @@ def _preflight(config: Path, always: bool = False) -> bool:
     return True
 
 
-def cmd_check(args: argparse.Namespace, stop: Stop) -> int:
-    """``qmp-mig check``: the preflight alone, on the configured host (the lab by default)."""
-    booted_here = False
+@contextlib.contextmanager
+def _configured_host(args: argparse.Namespace, stop: Stop) -> Iterator[Path]:
+    """The ``--config`` file, else the lab's (booted for this command and taken down
+    after it, if it was not up)."""
+    if args.config:
+        yield Path(args.config).resolve()
+        return
+    booted_here = lab.status() is None
     try:
-        if args.config:
-            config = Path(args.config).resolve()
-        else:
-            booted_here = lab.status() is None
-            config = Path(lab.up(say, owned=True).config)
-        return 0 if _preflight(config, always=True) else 1
+        yield Path(lab.up(say, owned=True).config)
     finally:
         if booted_here:
             with stop.shielded():
                 lab.down(say)
+
+
+def cmd_check(args: argparse.Namespace, stop: Stop) -> int:
+    """``qmp-mig check``: the preflight alone, on the configured host (the lab by default)."""
+    with _configured_host(args, stop) as config:
+        return 0 if _preflight(config, always=True) else 1
 
 
 def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
     """Figures for the configured host (the lab unless --config names one)."""
-    booted_here = False
-    try:
-        if args.config:
-            path = Path(args.config).resolve()
-        else:
-            booted_here = lab.status() is None
-            path = Path(lab.up(say, owned=True).config)
-        benchmark.run(load_config(path), Path(args.results).resolve(), console)
-    finally:
-        if booted_here:
-            with stop.shielded():
-                lab.down(say)
+    with _configured_host(args, stop) as config:
+        benchmark.run(load_config(config), Path(args.results).resolve(), console)
     return 0
 
 

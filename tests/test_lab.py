@@ -4,6 +4,7 @@ real faults, and an interrupted run leaves nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -193,14 +195,15 @@ def test_ctrl_c_leaves_nothing_behind(lab_config: Path, tmp_path: Path) -> None:
 
 def wait_for_vms(run: subprocess.Popen[str] | subprocess.Popen[bytes], count: int,
                  timeout: float = 600) -> None:
-    """Until the lab (booted by the run, if it was down) runs ``count`` QEMUs of the run."""
+    """Until the lab (booted by the run, if it was down) runs ``count`` QEMUs of the run's
+    testbeds (not the short `qemu-system --version` calls of its preflight)."""
     deadline = time.monotonic() + timeout
     while True:
         assert run.poll() is None, f"the run ended ({run.returncode}) before {count} VM(s) ran in the lab"
         assert time.monotonic() < deadline, f"{count} VM(s) not running in the lab within {timeout:.0f} s"
         state = lab.status()
         if state is not None and Path(state.config).exists() and \
-                len(leftovers(Path(state.config))["qemu"]) >= count:
+                len([q for q in leftovers(Path(state.config))["qemu"] if "/testbed." in q]) >= count:
             return
         time.sleep(1)
 
@@ -235,16 +238,30 @@ def lab_processes() -> list[str]:
     return found
 
 
-def stopped_as_ci_does(argv: list[str], signum: int, vms: int) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Start ``argv`` as a CI runner would, wait until ``vms`` QEMUs run in the lab, send
-    ``signum`` to it and, like CI, SIGKILL whatever is left after the grace period.
-    Returns its output and the seconds from the signal to its exit."""
+@contextlib.contextmanager
+def started(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``argv`` started as a CI runner or a terminal would (its own session, signals at
+    their defaults), its output collected line by line; killed with its session if it
+    is still running at the end."""
     run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True, preexec_fn=_as_in_a_terminal)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(run.stdout or []), daemon=True)
     reader.start()
     try:
+        yield run, output
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        reader.join(timeout=10)
+
+
+def stopped_as_ci_does(argv: list[str], signum: int, vms: int) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Start ``argv`` as a CI runner would, wait until ``vms`` QEMUs run in the lab, send
+    ``signum`` to it and, like CI, SIGKILL whatever is left after the grace period.
+    Returns its output and the seconds from the signal to its exit."""
+    with started(argv) as (run, output):
         wait_for_vms(run, vms)
         signalled = time.monotonic()
         os.kill(run.pid, signum)
@@ -254,11 +271,6 @@ def stopped_as_ci_does(argv: list[str], signum: int, vms: int) -> tuple[subproce
             os.killpg(run.pid, signal.SIGKILL)  # CI's SIGKILL at the end of its grace period
             run.wait()
         took = time.monotonic() - signalled
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-    reader.join(timeout=10)
     text = "".join(output)
     name = signal.Signals(signum).name
     after = next((i for i, line in enumerate(output) if f"{name}: interrupting" in line), len(output) - 12)
@@ -325,13 +337,7 @@ def test_a_killed_run_is_swept_by_the_next(lab_config: Path, tmp_path: Path) -> 
 def test_killed_lab_is_one_finding(lab_config: Path, tmp_path: Path) -> None:
     """The lab VM dies while two QEMUs run in it: one test reports the host under test
     gone, in our words; every later test is cancelled with that reason."""
-    run = subprocess.Popen([*QMP_MIG, "run", "--results", str(tmp_path)], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                           preexec_fn=_as_in_a_terminal)
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(run.stdout or []), daemon=True)
-    reader.start()
-    try:
+    with started([*QMP_MIG, "run", "--results", str(tmp_path)]) as (run, output):
         wait_for_vms(run, 2)
         state = lab.status()
         assert state is not None
@@ -339,11 +345,6 @@ def test_killed_lab_is_one_finding(lab_config: Path, tmp_path: Path) -> None:
         killed = time.monotonic()
         run.wait(timeout=600)
         print(f"run ended {time.monotonic() - killed:.0f} s after the lab was killed")
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-    reader.join(timeout=10)
     text = "".join(output)
     print("".join(output[-20:]))
     last = text.strip().splitlines()[-1]
