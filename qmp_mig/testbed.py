@@ -75,8 +75,9 @@ class Testbed:
         self._stack = ExitStack()
         self._uris = 0
         if threading.current_thread() is threading.main_thread():
-            # The runner stops a test with SIGTERM: unwind like Ctrl-C.
-            signal.signal(signal.SIGTERM, _raise_interrupt)
+            # The runner stops a test with SIGTERM: unwind like Ctrl-C, until the testbed is closed.
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            self._stack.callback(signal.signal, signal.SIGTERM, previous)
         self._lease: list[str] = []
         self.vms: list[tuple[QemuInstance, list[Flag]]] = []
         self.host = connect(config)

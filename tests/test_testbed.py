@@ -31,11 +31,10 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
     fake.add_mdev_parent("mtty", "mtty-2")
     monkeypatch.setattr(testbed, "connect", lambda config: fake)
     monkeypatch.setenv("QMP_MIG_RUN_ID", RUN)
-    sigterm = signal.getsignal(signal.SIGTERM)  # a testbed made in the main thread takes SIGTERM
-    try:
-        yield fake
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    yield fake
+    # A testbed made in the main thread takes SIGTERM while it lives, and gives it back.
+    assert signal.getsignal(signal.SIGTERM) is sigterm
     assert fake.unknown == [], f"commands the fake host has no model for: {fake.unknown}"
 
 
