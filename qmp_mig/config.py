@@ -84,10 +84,17 @@ class WorkloadConfig:
 
 @dataclass(frozen=True)
 class DeviceConfig:
+    """One kind of device and its pool of instances: each QEMU a scenario starts
+    gets its own instance (see qmp_mig/pools.py)."""
+
     kind: str  # "mdev" or "pci"
     parent: str = ""
     type: str = ""
-    bdf: str = ""
+    count: int | None = None  # mdev: at most this many at once; None: as many as the parent offers
+    bdfs: tuple[str, ...] = ()  # pci: the functions of the pool
+    pf: str = ""  # pci: or the VFs of this physical function ...
+    vfs: tuple[int, ...] = ()  # ... with these numbers (its virtfn<N> links)
+    bind: str = ""  # pci: bind the functions to this driver for the run, then put back what they had
     options: dict[str, str] = field(default_factory=dict)
     # sysfs attributes (relative to the device's sysfs path) written after it is
     # created and before any VM opens it, e.g. qmigdev's flag switches.
@@ -169,6 +176,21 @@ _Address = Annotated[str, AfterValidator(_address)]
 _Port = Annotated[int, Field(ge=1, le=65535)]
 _HostPath = Annotated[str, AfterValidator(_host_path)]
 _PciAddress = Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")]
+_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def _pci_pool(value: object) -> list[str]:
+    """One PCI address or a non-empty list of them: the functions of a pool."""
+    addresses = [value] if isinstance(value, str) else value
+    if (not isinstance(addresses, list) or not addresses
+            or not all(isinstance(a, str) and _PCI_ADDRESS.fullmatch(a) for a in addresses)):
+        raise PydanticCustomError("pci_pool", "not a PCI address or a list of them")
+    return addresses
+
+
+_PciPool = Annotated[list[str], PlainValidator(_pci_pool)]
+_VfRange = Annotated[str, Field(pattern=r"^[0-9]{1,3}(-[0-9]{1,3})?$")]
+_DriverName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$"), AfterValidator(_not_dots)]
 _MdevName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$"), AfterValidator(_not_dots)]
 # vfio-pci properties end up in `-device vfio-pci,name=value,...`: a comma or
 # '=' in either would add a property of its own.
@@ -242,8 +264,16 @@ class _Device(_Table):
         None, validate_default=True, description="an mdev parent name of letters, digits and _ . : - (string)")
     type: _MdevName | None = Field(
         None, validate_default=True, description="an mdev type name of letters, digits and _ . : - (string)")
-    bdf: _PciAddress | None = Field(
-        None, validate_default=True, description="a PCI address like 0000:3b:00.1")
+    count: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="how many instances of the mdev type may exist at once (integer, 1 or more)")
+    pf: _PciAddress | None = Field(None, description="the PCI address of a physical function, like 0000:3b:00.0")
+    vfs: _VfRange | None = Field(None, description="VF numbers of the pf, like '0-3' or '2' (string)")
+    bdf: _PciPool | None = Field(
+        None, validate_default=True,
+        description="a PCI address like 0000:3b:00.1, or a list of them (the pool)")
+    bind: _DriverName | None = Field(None, description=(
+        "a driver name like 'vfio-pci' or 'qmigpci': the functions are bound to it for the run "
+        "and given back to their own driver after it (string)"))
     options: dict[_OptionName, _OptionValue] | None = Field(None, description=(
         "vfio-pci properties as name = \"value\": names of a-z, 0-9, - and _ starting with a letter; "
         "values without commas, '=' or whitespace (strings)"))
@@ -258,10 +288,32 @@ class _Device(_Table):
     def _mdev_needs(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _needed_by("mdev", value, info)
 
+    @field_validator("vfs")
+    @classmethod
+    def _vfs_need_pf(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            first, _, last = value.partition("-")
+            if last and int(last) < int(first):
+                raise PydanticCustomError("vf_range", "a range that runs backwards")
+            if not info.data.get("pf"):
+                raise PydanticCustomError("vf_pf", "vfs without pf")
+        return value
+
     @field_validator("bdf")
     @classmethod
-    def _pci_needs(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return _needed_by("pci", value, info)
+    def _pci_needs(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if info.data.get("kind") != "pci":
+            return value
+        vfs = info.data.get("pf") or info.data.get("vfs")
+        if value and vfs:
+            raise PydanticCustomError("pool_twice", "a pool given twice")
+        if value and len(set(value)) != len(value):
+            raise PydanticCustomError("pool_repeats", "the same function twice")
+        if not value and not vfs:
+            raise PydanticCustomError("needed", "needed by kind {kind}", {"kind": "pci"})
+        if not value and not (info.data.get("pf") and info.data.get("vfs")):
+            raise PydanticCustomError("vf_pool", "pf and vfs go together")
+        return value
 
 
 class _Checks(_Table):
@@ -340,6 +392,8 @@ def _sentence(where: str, error: ErrorDetails) -> str:
             subject += "." + ".".join(_key(part) for part in rest[1:])
     if kind == "missing":
         return f"{where}: {subject}: missing; expected {expected}"
+    if kind == "needed" and top in ("device", "test_device") and rest and rest[0] == "bdf":
+        return f"{where}: {table}: kind = 'pci' needs bdf (an address or a list of them), or pf and vfs"
     if kind == "needed" and found is None:
         return f"{where}: {subject}: missing, and kind = {ctx['kind']!r} needs it; expected {expected}"
     # A bad key inside options/attributes is itself what was found.
@@ -352,6 +406,15 @@ def _sentence(where: str, error: ErrorDetails) -> str:
         return f"{head}: expected {ctx['expected']}"
     if kind == "flags":
         return f"{head}: {ctx['reason']}"
+    pool_words = {
+        "pool_twice": "give either bdf or pf and vfs, not both",
+        "pool_repeats": "the same PCI function is listed twice; expected each once",
+        "vf_pool": "pf and vfs go together: the VF numbers of that physical function",
+        "vf_pf": "vfs needs pf, the physical function whose VFs they are",
+        "vf_range": "the range runs backwards; expected FIRST-LAST with FIRST <= LAST",
+    }
+    if kind in pool_words:
+        return f"{head}: {pool_words[kind]}"
     # Types (string_type, int_type, ...), patterns, ranges and our own checks:
     # what was expected is the field's description.
     return f"{head}: expected {expected}"
@@ -390,11 +453,23 @@ def load(path: str | Path) -> Config:
         host=_built(HostConfig, file.host),
         vm=_built(VmConfig, file.vm),
         guest=_built(GuestConfig, file.guest),
-        devices=tuple(_built(DeviceConfig, d) for d in file.device),
+        devices=tuple(_device(d) for d in file.device),
         workload=_built(WorkloadConfig, file.workload),
-        test_device=_built(DeviceConfig, file.test_device) if file.test_device else None,
+        test_device=_device(file.test_device) if file.test_device else None,
         require=_required(file.checks),
     )
+
+
+def _device(table: _Device) -> DeviceConfig:
+    keys = table.model_dump(exclude_unset=True)
+    bdf = keys.pop("bdf", None)
+    if bdf is not None:
+        keys["bdfs"] = tuple(bdf)
+    vfs = keys.pop("vfs", None)
+    if vfs is not None:
+        first, _, last = vfs.partition("-")
+        keys["vfs"] = tuple(range(int(first), int(last or first) + 1))
+    return DeviceConfig(**keys)
 
 
 def _required(checks: _Checks | None) -> tuple[str, ...] | None:

@@ -4,7 +4,8 @@
 A device is something on a host with a sysfs path that ``vfio-pci`` accepts,
 a set of migration flags the kernel reports, and a way to give it back.
 Mediated devices are created and removed by us; passthrough PCI functions are
-named by the configuration, checked, and never rebound or touched otherwise.
+named by the configuration and checked (binding them, when the configuration
+asks for it, is qmp_mig/binding.py's job).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import binding
 from .fsm import Flag, State
 from .hosts import Host, HostError
 
@@ -132,8 +134,8 @@ class MdevDevice(VfioDevice):
 
 @dataclass
 class PciDevice(VfioDevice):
-    """A passthrough PCI function the configuration names, already bound to a
-    VFIO driver (vfio-pci or a variant driver). We never bind or unbind it."""
+    """A passthrough PCI function the configuration names, bound to a VFIO driver
+    (vfio-pci or a variant driver): by the host, or by the testbed (``bind``)."""
 
     host: Host
     bdf: str
@@ -152,11 +154,13 @@ class PciDevice(VfioDevice):
         return self.bdf
 
     def check_bound(self) -> PciDevice:
-        driver = self.host.run(["readlink", "-f", f"{self.sysfs_path}/driver"], check=False).stdout
-        if "vfio" not in driver.rsplit("/", 1)[-1]:
+        if not self.host.exists(self.sysfs_path):
+            raise DeviceError(f"{self.name}: no such PCI function on {self.host.name}")
+        driver = binding.driver(self.host, self.bdf)
+        if not binding.is_vfio_driver(self.host, driver):
             raise DeviceError(
-                f"{self.name} is bound to {driver.strip() or 'no driver'}, not a VFIO driver; "
-                "bind it to vfio-pci or its variant driver first"
+                f"{self.name} is bound to {driver or 'no driver'}, not a VFIO driver; bind it to "
+                "vfio-pci or its variant driver first, or let the suite do it (bind = \"<driver>\")"
             )
         return self
 

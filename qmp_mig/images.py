@@ -44,7 +44,8 @@ class Recipe:
 
 RECIPES = {
     "lab": Recipe(
-        "lab", ("images/lab", "images/versions.env", "devices/qmigdev/qmigdev.c", "devices/qmigdev/Kbuild")
+        "lab", ("images/lab", "images/versions.env", "devices/qmigdev/qmigdev.c", "devices/qmigdev/Kbuild",
+                "devices/qmigpci/qmigpci.c", "devices/qmigpci/Kbuild")
     ),
     "guest": Recipe("guest", ("images/guest", "images/versions.env", "guest_agents"), needs=("lab",)),
 }

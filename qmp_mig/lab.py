@@ -95,6 +95,34 @@ def snapshot_store() -> Path:
     return images.cache_dir() / "snapshots"
 
 
+# PCI functions the lab's guests get assigned, as a real KVM host has them: each behind
+# its own PCIe root port (so VFIO can reset it with a secondary bus reset), all behind
+# an emulated VT-d, so their DMA is translated and checked like a real function's.
+EDU_FUNCTIONS = 4  # the two-device scenario holds four at once (two per VM)
+# 40 address bits instead of edu's 28: a guest's RAM and the IOVA our driver borrows
+# above it are then reachable (the lab loads qmigpci with edu_dma_bits to match).
+EDU_DMA_BITS = 40
+EDU_DMA_MASK = (1 << EDU_DMA_BITS) - 1
+
+
+def _root_port(number: int) -> list[str]:
+    return ["-device", f"pcie-root-port,id=rp{number},chassis={number},bus=pcie.0,addr={0x10 + number:#x}"]
+
+
+def pci_functions() -> list[str]:
+    """The lab's assignable functions; their BDFs in the lab are 0000:<bus>:00.0, the
+    buses numbered in the order of the root ports (1..EDU_FUNCTIONS, then the igb)."""
+    args = ["-device", "intel-iommu,intremap=on"]  # before any PCI device that uses it
+    for number in range(1, EDU_FUNCTIONS + 1):
+        args += [*_root_port(number), "-device", f"edu,bus=rp{number},dma_mask={EDU_DMA_MASK:#x}"]
+    igb_port = EDU_FUNCTIONS + 1
+    # The NIC only has to exist (the lab's init makes two SR-IOV VFs of it, on igbvf):
+    # its port goes to a hub with nothing else on it.
+    args += [*_root_port(igb_port), "-netdev", "hubport,id=igbnet,hubid=1",
+             "-device", f"igb,bus=rp{igb_port},netdev=igbnet"]
+    return args
+
+
 def command_line(
     lab: Path, guest: Path, snapshots: Path, port: int, console: Path, memory: str = "3G"
 ) -> list[str]:
@@ -103,7 +131,9 @@ def command_line(
         "-cpu", "max", "-smp", "2", "-m", memory, "-nodefaults", "-no-user-config",
         "-display", "none",
         "-kernel", str(lab / "vmlinuz"), "-initrd", str(lab / "initrd.img"),
-        "-append", "root=/dev/vda rw console=ttyS0 quiet",
+        # iommu=pt: the lab's own devices keep direct DMA; only VFIO users get translation.
+        "-append", "root=/dev/vda rw console=ttyS0 quiet intel_iommu=on iommu=pt",
+        *pci_functions(),
         "-drive", f"file={lab / 'rootfs.img'},if=virtio,format=raw,snapshot=on",
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net0,romfile=",

@@ -24,11 +24,13 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from . import binding
 from .config import Config, ConfigError, DeviceConfig
 from .config import load as load_config
 from .devices import BASE_VFIO_OPTIONS, DeviceError, MdevDevice, PciDevice, VfioDevice
 from .hosts import Host, HostError
 from .kernel_trace import KernelTrace
+from .pools import pci_functions
 from .qemu_trace import TRACE_EVENTS
 
 PASS, FAIL, OFF = "ok", "FAIL", "not offered"
@@ -139,7 +141,7 @@ def _vfio(result: Preflight, host: Host, config: Config) -> None:
 
 
 @contextmanager
-def _instance(host: Host, spec: DeviceConfig) -> Iterator[VfioDevice]:
+def _instance(host: Host, spec: DeviceConfig, bdf: str) -> Iterator[VfioDevice]:
     """The device to probe: a short-lived mdev, or the named PCI function as it is."""
     if spec.kind == "mdev":
         mdev = MdevDevice(host, spec.parent, spec.type).create()
@@ -148,10 +150,11 @@ def _instance(host: Host, spec: DeviceConfig) -> Iterator[VfioDevice]:
         finally:
             mdev.release()
     else:
-        yield PciDevice(host, spec.bdf)
+        yield PciDevice(host, bdf)
 
 
 def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig) -> None:
+    bdf = ""
     if spec.kind == "mdev":
         types = f"/sys/class/mdev_bus/{spec.parent}/mdev_supported_types"
         if not result.add(f"{where} mdev parent", spec.parent, host.exists(types),
@@ -163,21 +166,21 @@ def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig) -> No
                           f"the parent offers: {' '.join(host.run(['ls', types], check=False).stdout.split())}"):
             return
     else:
-        sysfs = f"/sys/bus/pci/devices/{spec.bdf}"
-        if not result.add(f"{where} PCI function", spec.bdf, host.exists(sysfs),
-                          "no such PCI address on this host (lspci -D lists them)"):
+        try:
+            functions = pci_functions(host, spec)
+        except DeviceError as exc:
+            result.add(f"{where} PCI functions", str(exc), False, "fix pf / vfs, or make the VFs first")
             return
-        driver = host.run(["readlink", f"{sysfs}/driver"], check=False).stdout.strip().rsplit("/", 1)[-1]
-        if not result.add(f"{where} driver", driver or "none", "vfio" in driver,
-                          "bind it to vfio-pci or its variant driver (qmp-mig does not rebind devices)"):
+        if spec.bind and not result.add(f"{where} bind", spec.bind, host.exists(f"/sys/bus/pci/drivers/{spec.bind}"),
+                                        f"no driver {spec.bind!r} is loaded on the host: modprobe it"):
             return
-        group = host.run(["readlink", f"{sysfs}/iommu_group"], check=False).stdout.strip().rsplit("/", 1)[-1]
-        if not result.add(f"{where} IOMMU group", group or "none",
-                          bool(group) and host.exists(f"/dev/vfio/{group}"),
-                          "the function needs an IOMMU group with a /dev/vfio node"):
+        if not all([_pci_function(result, host, where, spec, bdf) for bdf in functions]):
             return
+        if spec.bind:  # its flags are probed by each test, once the function is bound
+            return
+        bdf = functions[0]
     try:
-        with _instance(host, spec) as device:
+        with _instance(host, spec, bdf) as device:
             flags = device.probe().flags
     except (DeviceError, HostError) as exc:
         result.add(f"{where} migration flags", str(exc), False, "the device must not be in use")
@@ -187,6 +190,30 @@ def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig) -> No
                bool(flags) and (expected is None or flags == expected),
                "the driver reports no VFIO migration support" if not flags else
                f"the configuration expects {expected.describe() if expected else ''}")
+
+
+def _pci_function(result: Preflight, host: Host, where: str, spec: DeviceConfig, bdf: str) -> bool:
+    """One function of a PCI pool: it exists, has an IOMMU group, and is bound to a VFIO
+    driver, or (with bind) is free for the suite to bind: the host is not using it."""
+    sysfs = f"/sys/bus/pci/devices/{bdf}"
+    if not result.add(f"{where} PCI function", bdf, host.exists(sysfs),
+                      "no such PCI address on this host (lspci -D lists them)"):
+        return False
+    group = host.run(["readlink", f"{sysfs}/iommu_group"], check=False).stdout.strip().rsplit("/", 1)[-1]
+    if not result.add(f"{where} {bdf} IOMMU group", group or "none", bool(group),
+                      "the function has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on)"):
+        return False
+    driver = binding.driver(host, bdf)
+    if spec.bind:
+        busy = binding.in_use(host, bdf)
+        return result.add(f"{where} {bdf} driver", f"{driver or 'none'} (bound to {spec.bind} for each test, "
+                          "then given back)" if not busy else f"{driver}: {'; '.join(busy)}", not busy,
+                          "the host is using this function: take it out of use, or name another")
+    if not result.add(f"{where} {bdf} driver", driver or "none", binding.is_vfio_driver(host, driver),
+                      "bind it to vfio-pci or its variant driver, or add bind = \"<driver>\" to the entry"):
+        return False
+    return result.add(f"{where} {bdf} VFIO group", f"/dev/vfio/{group}", host.exists(f"/dev/vfio/{group}"),
+                      "the function's IOMMU group has no /dev/vfio node")
 
 
 def _guest(result: Preflight, host: Host, config: Config) -> None:

@@ -27,8 +27,9 @@ def snapshot_name(host: Host, spec: VmSpec, devices: Sequence[DeviceConfig]) -> 
     identity = {
         "spec": asdict(spec),
         "images": images,
-        "devices": [{"kind": d.kind, "parent": d.parent, "type": d.type, "bdf": d.bdf,
-                     "options": d.options} for d in devices],
+        # The pool, not the instance: a snapshot loads into any instance of its pool.
+        "devices": [{"kind": d.kind, "parent": d.parent, "type": d.type, "bdfs": d.bdfs, "pf": d.pf,
+                     "vfs": d.vfs, "options": d.options} for d in devices],
         "qemu": qemu,
     }
     whole = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from . import fsm
+from . import binding, fsm
 from .checks import CheckFailed, check_walk
 from .config import Config, DeviceConfig
-from .devices import MdevDevice, PciDevice, VfioDevice
+from .devices import DeviceError, MdevDevice, PciDevice, VfioDevice
 from .fsm import Flag, State
 from .guest import Guest
 from .hosts import Host, HostError, LocalHost, SshHost, fetch
 from .kernel_trace import TRACEFS, KernelCall, KernelTrace, check_device, debugfs_state, stop_instance
 from .migration import restore_from_file, save_to_file
+from .pools import DevicePool, pci_functions, pool_key
 from .qemu import QemuInstance, VmSpec
 from .snapshots import snapshot_name, stale
 
@@ -80,6 +81,10 @@ class Testbed:
             self._stack.callback(signal.signal, signal.SIGTERM, previous)
         self._lease: list[str] = []
         self.vms: list[tuple[QemuInstance, list[Flag]]] = []
+        self._pools: dict[tuple[object, ...], DevicePool] = {}
+        self._pool_of: dict[int, DevicePool] = {}  # id(device) -> its pool
+        self._held: dict[QemuInstance, list[VfioDevice]] = {}  # devices each QEMU holds
+        self._bound: dict[str, str] = {}  # bdf -> the driver it had before we bound it
         self.host = connect(config)
         self._stack.callback(self.host.close)
         try:  # whatever was made before a failure here is given back at once
@@ -111,31 +116,84 @@ class Testbed:
 
     # --- devices --------------------------------------------------------------
 
-    def _make_device(self, spec: DeviceConfig) -> VfioDevice:
-        if spec.kind == "mdev":
-            mdev = MdevDevice(self.host, spec.parent, spec.type, dict(spec.options))
-            self._record(f"mdev {mdev.sysfs_path}")
-            self._stack.callback(mdev.release)
-            device: VfioDevice = mdev.create()
-        else:
-            device = PciDevice(self.host, spec.bdf, dict(spec.options)).check_bound()
-        for name, value in spec.attributes.items():
-            self.host.write_file(f"{device.sysfs_path}/{name}", value)
+    def _pool(self, spec: DeviceConfig) -> DevicePool:
+        key = pool_key(spec)
+        if key not in self._pools:
+            label = next((f"[[device]] #{i + 1}" for i, d in enumerate(self.config.devices)
+                          if pool_key(d) == key), "[test_device]")
+            members = pci_functions(self.host, spec) if spec.kind == "pci" else None
+            self._pools[key] = DevicePool(spec, label, members)
+        return self._pools[key]
+
+    def _make_device(self, spec: DeviceConfig, holder: str) -> VfioDevice:
+        pool = self._pool(spec)
+        bdf = pool.take(holder)
+        try:
+            if spec.kind == "mdev":
+                mdev = MdevDevice(self.host, spec.parent, spec.type, dict(spec.options))
+                self._record(f"mdev {mdev.sysfs_path}")
+                self._stack.callback(mdev.release)
+                device: VfioDevice = mdev.create()
+                pool.hold(mdev.kernel_name, holder)
+            else:
+                assert bdf is not None
+                if spec.bind and bdf not in self._bound:
+                    self._bind(bdf, spec.bind)
+                device = PciDevice(self.host, bdf, dict(spec.options)).check_bound()
+            for name, value in spec.attributes.items():
+                self.host.write_file(f"{device.sysfs_path}/{name}", value)
+        except BaseException:
+            if bdf is not None:
+                pool.give_back(bdf)
+            raise
         return device
 
-    def devices(self, specs: Sequence[DeviceConfig] | None = None) -> tuple[list[VfioDevice], list[Flag]]:
-        """One fresh device per entry (default: the configuration's), with the kernel's flags."""
-        devices, flags = [], []
-        for spec in self.config.devices if specs is None else specs:
-            device = self._make_device(spec)
-            view = device.probe()
-            if spec.expect_flags is not None and view.flags != spec.expect_flags:
-                raise CheckFailed(
-                    f"{device.name}: kernel reports migration flags {view.flags.describe()}, "
-                    f"configuration expects {spec.expect_flags.describe()}"
-                )
-            devices.append(device)
-            flags.append(view.flags)
+    def _bind(self, bdf: str, to: str) -> None:
+        """Lend ``bdf`` to driver ``to`` until the testbed closes (the lease says what
+        it had first, so a sweep can give it back if we are killed)."""
+        problems = binding.in_use(self.host, bdf)
+        if problems:
+            raise DeviceError(f"pci {bdf}: the host is using it ({'; '.join(problems)}); not binding it to {to}")
+        original = binding.driver(self.host, bdf)
+        self._record(f"bind {bdf} {original or binding.NONE}")
+        self._bound[bdf] = original
+        self._stack.callback(binding.restore, self.host, bdf, original)
+        if original != to:
+            binding.bind(self.host, bdf, to)
+
+    def _reclaim(self) -> None:
+        """Devices of QEMUs that have exited go back to their pools (an mdev is removed)."""
+        for qemu, held in list(self._held.items()):
+            if not qemu.running:  # exited, killed, or never started
+                for device in held:
+                    self._pool_of[id(device)].give_back(device.kernel_name)
+                    device.release()
+                del self._held[qemu]
+
+    def devices(self, specs: Sequence[DeviceConfig] | None = None,
+                holder: str = "a VM") -> tuple[list[VfioDevice], list[Flag]]:
+        """A free instance of each entry's kind (default: the configuration's entries),
+        with the kernel's flags; given back when the QEMU that gets them has exited."""
+        self._reclaim()
+        devices: list[VfioDevice] = []
+        flags: list[Flag] = []
+        try:
+            for spec in self.config.devices if specs is None else specs:
+                device = self._make_device(spec, holder)
+                self._pool_of[id(device)] = self._pool(spec)
+                devices.append(device)
+                view = device.probe()
+                if spec.expect_flags is not None and view.flags != spec.expect_flags:
+                    raise CheckFailed(
+                        f"{device.name}: kernel reports migration flags {view.flags.describe()}, "
+                        f"configuration expects {spec.expect_flags.describe()}"
+                    )
+                flags.append(view.flags)
+        except BaseException:
+            for device in devices:  # no QEMU will hold them
+                self._pool_of[id(device)].give_back(device.kernel_name)
+                device.release()
+            raise
         return devices, flags
 
     # --- VMs --------------------------------------------------------------------
@@ -154,11 +212,19 @@ class Testbed:
     ) -> tuple[QemuInstance, list[Flag]]:
         """A paused QEMU, monitor connected, with fresh devices made from ``specs``
         (default: the configuration's) or, with ``reuse``, devices another VM had."""
-        devices, flags = reuse if reuse is not None else self.devices(specs)
+        if reuse is not None:
+            devices, flags = reuse
+            for qemu_before, held in list(self._held.items()):  # they change hands
+                self._held[qemu_before] = [d for d in held if all(d is not r for r in devices)]
+            for device in devices:
+                self._pool_of[id(device)].hold(device.kernel_name, name)
+        else:
+            devices, flags = self.devices(specs, holder=name)
         qemu = QemuInstance(
             self.host, self.spec(), name, devices=devices, workdir=self.workdir,
             artifacts=self.artifacts, incoming=incoming,
         )
+        self._held[qemu] = list(devices)
         self._stack.callback(qemu.shutdown)
         qemu.launch()
         self._record(f"pid {qemu.pid}")
@@ -266,7 +332,8 @@ def run_id() -> str:
 
 def sweep(config: Config, run: str) -> list[str]:
     """Remove what testbeds of run ``run`` left behind (kill its QEMUs, remove its
-    mdevs and directories). Touches only what their leases name."""
+    mdevs and directories, give functions back to their drivers). Touches only what
+    their leases name."""
     host = connect(config)
     swept: list[str] = []
     try:
@@ -284,6 +351,9 @@ def sweep(config: Config, run: str) -> list[str]:
                     host.run(["sh", "-c", 'echo 1 > "$1/remove"', "sh", what], check=False)
                 elif kind == "trace" and host.exists(what):
                     stop_instance(host, what)
+                elif kind == "bind":  # "<bdf> <driver it had, or ->"
+                    bdf, _, original = what.partition(" ")
+                    host.run(["sh", "-c", binding.RESTORE, "sh", bdf, original or binding.NONE], check=False)
                 swept.append(f"{kind} {what}")
             host.remove_tree(workdir)
             swept.append(f"dir {workdir}")

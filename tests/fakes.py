@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qmp_mig import binding
 from qmp_mig.config import Config, DeviceConfig, GuestConfig, HostConfig, VmConfig
 from qmp_mig.fsm import Flag, State
 from qmp_mig.hosts import CommandResult, Host, HostError, HostProcess
@@ -93,6 +94,9 @@ class FakeHost(Host):
         self.qemus: list[FakeQemu] = []  # every QEMU spawned, in order, also those that died
         self.listening: dict[str, FakeQemu] = {}  # migration URI -> the QEMU waiting on it
         self.flags: dict[str, Flag] = {}  # device sysfs path -> migration flags the kernel reports
+        self.pci_drivers: dict[str, str] = {}  # bdf -> the driver it is bound to ("" none)
+        self.driver_modules: dict[str, str] = {}  # loaded PCI driver -> its module
+        self.in_use: dict[str, str] = {}  # bdf -> what the host uses it for (binding's check)
         self.mdev_flags = Flag.STOP_COPY | Flag.P2P
         self.tracefs = True  # False: the host has no tracefs (the kernel cross-check is off)
         self.fail_next_spawn: str | None = None  # stderr of a QEMU that exits before its monitor answers
@@ -112,10 +116,27 @@ class FakeHost(Host):
         self._mkdir(MDEV_DEVICES)
 
     def add_pci(self, bdf: str, driver: str = "vfio-pci", flags: Flag = Flag.STOP_COPY) -> None:
+        """A PCI function bound to ``driver`` ("" for none); the driver is loaded."""
         device = f"/sys/bus/pci/devices/{bdf}"
         self._mkdir(device)
-        self.links[f"{device}/driver"] = f"/sys/bus/pci/drivers/{driver}"
+        self.pci_drivers[bdf] = driver
+        if driver and driver not in self.driver_modules:
+            self.add_driver(driver, vfio=driver == "vfio-pci")
         self.flags[device] = flags
+
+    def add_driver(self, name: str, vfio: bool = False) -> None:
+        """A loaded PCI driver; ``vfio``: a variant driver built on vfio_pci_core."""
+        module = name.replace("-", "_")
+        self.driver_modules[name] = module
+        self._mkdir(f"/sys/bus/pci/drivers/{name}")
+        if vfio:
+            self._mkdir(f"/sys/module/vfio_pci_core/holders/{module}")
+
+    def add_vf(self, pf: str, number: int, bdf: str, driver: str = "igbvf") -> None:
+        """A VF of ``pf`` (its virtfn link), bound to ``driver``."""
+        self.add_pci(bdf, driver)
+        self.links[f"/sys/bus/pci/devices/{pf}/virtfn{number}"] = f"/sys/devices/pci0000:00/{bdf}"
+        self._file(f"/sys/bus/pci/devices/{pf}/virtfn{number}", "")
 
     def add_mdev(self, uuid: str) -> str:
         """An mdev that exists already (left by an earlier run)."""
@@ -284,6 +305,12 @@ class FakeHost(Host):
                     self._remove(path)
                     self._log(f"rm {path}")
                 return 0, "", ""
+            case ["readlink", path] if path.startswith("/sys/bus/pci/devices/") and path.endswith("/driver"):
+                driver = self.pci_drivers.get(path.split("/")[5], "")
+                return (0, f"../../../bus/pci/drivers/{driver}\n", "") if driver else (1, "", "")
+            case ["readlink", path] if path.startswith("/sys/bus/pci/drivers/") and path.endswith("/module"):
+                module = self.driver_modules.get(path.split("/")[5])
+                return (0, f"../../../../module/{module}\n", "") if module else (1, "", "")
             case ["readlink", "-f", path]:
                 if path in self.links:
                     return 0, self.links[path] + "\n", ""
@@ -307,6 +334,22 @@ class FakeHost(Host):
             return self._write(args[0], stdin)
         if script == 'echo 1 > "$1/remove"':  # the sweep removes an mdev
             return self._write(f"{args[0]}/remove", "1\n")
+        if script == binding._IN_USE:
+            return 0, (self.in_use[args[0]] + "\n") if args[0] in self.in_use else "", ""
+        if script == binding._BIND:
+            bdf, driver = args
+            if driver not in self.driver_modules:
+                return 1, "", "sh: 1: cannot write: No such device\n"
+            self.pci_drivers[bdf] = driver
+            self._log(f"bind {bdf} {driver}")
+            return 0, "", ""
+        if script == binding.RESTORE:
+            bdf, driver = args
+            if self.pci_drivers.get(bdf) and self._user(f"/sys/bus/pci/devices/{bdf}") is not None:
+                return 1, "", "unbind of a function a QEMU holds\n"
+            self.pci_drivers[bdf] = "" if driver == "-" else driver
+            self._log(f"restore {bdf} {driver}")
+            return 0, "", ""
         if 'mkdir -p -- "$1"' in script and "stat -c %u" in script:  # the shared work directory, made private
             if args[0] not in self.dirs:
                 self._mkdir(args[0])

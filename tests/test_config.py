@@ -55,7 +55,7 @@ def test_good(tmp_path: Path) -> None:
     assert config.host.kind == "local"
     assert config.devices[0].expect_flags == Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY
     assert config.devices[0].options == {"enable-migration": "on"}
-    assert config.devices[1].bdf == "0000:3b:00.1"
+    assert config.devices[1].bdfs == ("0000:3b:00.1",)
 
 
 def test_defaults_are_the_dataclasses_and_they_can_be_replaced(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_defaults_are_the_dataclasses_and_they_can_be_replaced(tmp_path: Path) -
     assert config.host.port == 22 and config.host.workdir == "/var/tmp/qmp-mig" and config.host.snapshot_dir == ""
     assert config.vm.accel == "tcg" and config.guest.boot_timeout == 300.0
     assert config.workload.memory_mb == 64 and config.test_device is None
-    assert config.devices[1] == DeviceConfig(kind="pci", bdf="0000:3b:00.1")
+    assert config.devices[1] == DeviceConfig(kind="pci", bdfs=("0000:3b:00.1",))
     changed = dataclasses.replace(config, devices=(dataclasses.replace(config.devices[0], type="mtty-1"),))
     assert changed.devices[0].type == "mtty-1"
 
@@ -77,7 +77,7 @@ def test_example_file_in_the_repository_loads() -> None:
     config = load(Path(__file__).parent.parent / "ci" / "kvm-host.example.toml")
     assert config.host.kind == "local"
     assert config.vm.accel == "kvm" and config.vm.memory_mb == 1024
-    assert config.devices == (DeviceConfig(kind="pci", bdf="0000:3b:00.1"),)
+    assert config.devices == (DeviceConfig(kind="pci", bdfs=("0000:3b:00.1",)),)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_example_file_in_the_repository_loads() -> None:
         (('kind = "local"', 'kind = "ssh"'), r"\[host\] key: missing, and kind = 'ssh' needs it"),
         (('kind = "local"', 'kind = "ssh"\nkey = ""'), r"\[host\] key = '': kind = 'ssh' needs it"),
         (('bdf = "0000:3b:00.1"', 'bus = "x"'), r"\[\[device\]\] #2 bus = 'x': unknown key"),
-        (('bdf = "0000:3b:00.1"', ""), r"\[\[device\]\] #2 bdf: missing, and kind = 'pci' needs it"),
+        (('bdf = "0000:3b:00.1"', ""), r"\[\[device\]\] #2: kind = 'pci' needs bdf \(an address or a list of them\), or pf and vfs"),
         (('parent = "mtty"', ""), r"\[\[device\]\] #1 parent: missing, and kind = 'mdev' needs it"),
         (('type = "mtty-2"', 'type = 2'), r"\[\[device\]\] #1 type = 2: expected an mdev type name .*\(string\)"),
         (('kind = "pci"', 'kind = "usb"'), r"\[\[device\]\] #2 kind = 'usb': expected 'mdev' or 'pci'"),
@@ -141,9 +141,10 @@ def test_every_problem_at_once_each_once(tmp_path: Path) -> None:
         f"{path}: [[device]] #1 options.enable-migration = 'on,x-pci-vendor-id=1': expected vfio-pci properties "
         "as name = \"value\": names of a-z, 0-9, - and _ starting with a letter; "
         "values without commas, '=' or whitespace (strings)",
-        f"{path}: [[device]] #2 bdf = '3b:00.1': expected a PCI address like 0000:3b:00.1",
-        f"{path}: [[device]] #2 bus = 3: unknown key; expected some of kind, parent, type, bdf, options, "
-        "attributes, expect_flags, known_issues",
+        f"{path}: [[device]] #2 bdf = '3b:00.1': expected a PCI address like 0000:3b:00.1, "
+        "or a list of them (the pool)",
+        f"{path}: [[device]] #2 bus = 3: unknown key; expected some of kind, parent, type, count, pf, vfs, "
+        "bdf, bind, options, attributes, expect_flags, known_issues",
     ]
 
 
@@ -189,7 +190,7 @@ def test_a_bad_pci_address_is_refused(tmp_path: Path, bdf: str) -> None:
     path = write(tmp_path, GOOD.replace("0000:3b:00.1", bdf))
     [line] = problems(path)
     assert line.startswith(f"{path}: [[device]] #2 bdf = ")
-    assert line.endswith(": expected a PCI address like 0000:3b:00.1")
+    assert line.endswith(": expected a PCI address like 0000:3b:00.1, or a list of them (the pool)")
 
 
 @pytest.mark.parametrize("value", ["on,x-pci-vendor-id=1", "on,", ",on"])

@@ -17,6 +17,7 @@ from fakes import MDEV_DEVICES, WORKDIR, FakeHost, fake_config, mdev_entry
 from qmp_mig import testbed
 from qmp_mig.config import DeviceConfig
 from qmp_mig.devices import DeviceError, MdevDevice
+from qmp_mig.pools import PoolExhausted
 from qmp_mig.kernel_trace import TRACEFS
 from qmp_mig.qemu import QemuError
 from qmp_mig.testbed import Testbed, sweep
@@ -63,32 +64,114 @@ def test_every_qemu_gets_its_own_fresh_mdev(host: FakeHost, tmp_path: Path) -> N
         assert f"mdev remove {uuid}" in host.journal
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="one PCI function per configuration entry: every VM gets the same BDF (device pools issue)")
+def pci_pool(*bdfs: str, bind: str = "") -> DeviceConfig:
+    return DeviceConfig(kind="pci", bdfs=bdfs, bind=bind)
+
+
 def test_every_qemu_gets_its_own_pci_function(host: FakeHost, tmp_path: Path) -> None:
-    # Only the assertion below is the known bug; anything else raised (a refusal, a changed
-    # configuration) fails for real, so that a change here is looked at, never hidden.
     host.add_pci("0000:3b:00.1")
     host.add_pci("0000:3b:00.2")
-    with Testbed(fake_config(DeviceConfig(kind="pci", bdf="0000:3b:00.1")), tmp_path) as bed:
+    with Testbed(fake_config(pci_pool("0000:3b:00.1", "0000:3b:00.2")), tmp_path) as bed:
         source, _ = bed.launch("source")
-        try:
-            destination, _ = bed.launch("destination", incoming=True)
-        except (DeviceError, QemuError) as busy:
-            if "Device or resource busy" not in str(busy):
-                raise
-            # What the bug looks like on a host: the function the destination was given is
-            # the source's, open in the source's QEMU (here the migration probe says so).
-            raise AssertionError(f"the destination was given the source's function: {busy}") from busy
+        destination, _ = bed.launch("destination", incoming=True)
         bdfs = [qemu.devices[0].device.kernel_name for qemu in (source, destination)]
-        assert bdfs[0] != bdfs[1], f"source and destination were both given {bdfs[0]}"
+        assert bdfs == ["0000:3b:00.1", "0000:3b:00.2"]
         assert host.qemus[0].vfio_paths != host.qemus[1].vfio_paths
+
+
+def test_a_pool_that_runs_dry_names_the_entry_and_who_holds_what(host: FakeHost, tmp_path: Path) -> None:
+    host.add_pci("0000:3b:00.1")
+    with Testbed(fake_config(pci_pool("0000:3b:00.1")), tmp_path) as bed:
+        bed.launch("source")
+        with pytest.raises(PoolExhausted, match=r"^\[\[device\]\] #1 \(pci 0000:3b:00.1\): no free instance for "
+                           r"destination; all 1 are held \(0000:3b:00.1 by source\)"):
+            bed.launch("destination", incoming=True)
+    assert len(host.qemus) == 1
+
+
+def test_a_function_comes_back_to_its_pool_when_its_qemu_has_exited(host: FakeHost, tmp_path: Path) -> None:
+    host.add_pci("0000:3b:00.1")
+    host.add_pci("0000:3b:00.2")
+    with Testbed(fake_config(pci_pool("0000:3b:00.1", "0000:3b:00.2")), tmp_path) as bed:
+        source, _ = bed.launch("source")
+        bed.launch("hop1", incoming=True)
+        source.shutdown()
+        hop2, _ = bed.launch("hop2", incoming=True)
+        assert hop2.devices[0].device.kernel_name == "0000:3b:00.1"
+
+
+def test_an_mdev_pool_with_a_count_holds_at_most_that_many(host: FakeHost, tmp_path: Path) -> None:
+    entry = DeviceConfig(kind="mdev", parent="mtty", type="mtty-2", count=1)
+    with Testbed(fake_config(entry), tmp_path) as bed:
+        source, _ = bed.launch("source")
+        with pytest.raises(PoolExhausted, match="no free instance for destination"):
+            bed.launch("destination", incoming=True)
+        uuid = source.devices[0].device.kernel_name
+        source.shutdown()
+        bed.launch("destination", incoming=True)
+        assert f"mdev remove {uuid}" in host.journal  # given back when its QEMU exited
+
+
+def test_the_vfs_of_a_pf_form_the_pool(host: FakeHost, tmp_path: Path) -> None:
+    for number in range(3):
+        host.add_vf("0000:05:00.0", number, f"0000:05:10.{2 * number}", driver="vfio-pci")
+    entry = DeviceConfig(kind="pci", pf="0000:05:00.0", vfs=(1, 2))
+    with Testbed(fake_config(entry), tmp_path) as bed:
+        given = [bed.launch(name)[0].devices[0].device.kernel_name for name in ("a", "b")]
+    assert given == ["0000:05:10.2", "0000:05:10.4"]
+
+
+def test_bind_lends_each_function_and_gives_back_exactly_what_it_had(host: FakeHost, tmp_path: Path) -> None:
+    host.add_driver("qmigpci", vfio=True)
+    host.add_pci("0000:01:00.0", driver="")
+    host.add_vf("0000:05:00.0", 0, "0000:05:10.0", driver="igbvf")
+    host.add_pci("0000:06:00.0", driver="e1000e")  # named by nobody: never touched
+    before = dict(host.pci_drivers)
+    with Testbed(fake_config(pci_pool("0000:01:00.0", "0000:05:10.0", bind="qmigpci")), tmp_path) as bed:
+        source, _ = bed.launch("source")
+        bed.launch("destination", incoming=True)
+        assert host.pci_drivers["0000:01:00.0"] == host.pci_drivers["0000:05:10.0"] == "qmigpci"
+        lease = host.files[f"{_workdir(host)}/lease"].splitlines()
+        assert {"bind 0000:01:00.0 -", "bind 0000:05:10.0 igbvf"} <= set(lease)
+    assert host.pci_drivers == before
+    journal = host.journal
+    assert journal.index("bind 0000:01:00.0 qmigpci") < journal.index(f"spawn {source.pid} source")
+    # Each goes back only once the QEMU that held it has exited.
+    for qemu, restored in zip(host.qemus, ("restore 0000:01:00.0 -", "restore 0000:05:10.0 igbvf")):
+        exited = next(i for i, e in enumerate(journal) if e.startswith(f"exit {qemu.pid} "))
+        assert journal.index(restored) > exited
+
+
+def test_a_function_the_host_uses_is_never_bound(host: FakeHost, tmp_path: Path) -> None:
+    host.add_driver("vfio-pci", vfio=True)
+    host.add_pci("0000:05:00.0", driver="igb")
+    host.in_use["0000:05:00.0"] = "network interface eth1 is up"
+    with Testbed(fake_config(pci_pool("0000:05:00.0", bind="vfio-pci")), tmp_path) as bed, \
+            pytest.raises(DeviceError, match=r"pci 0000:05:00.0: the host is using it \(network interface eth1 is up\)"):
+        bed.launch("source")
+    assert host.pci_drivers["0000:05:00.0"] == "igb" and host.qemus == []
+
+
+def test_the_sweep_gives_bound_functions_back(host: FakeHost, tmp_path: Path) -> None:
+    host.add_driver("qmigpci", vfio=True)
+    host.add_vf("0000:05:00.0", 0, "0000:05:10.0", driver="igbvf")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    bed = Testbed(fake_config(pci_pool("0000:05:10.0", bind="qmigpci")), tmp_path)
+    bed.launch("source")
+    host.closed = False  # killed: nothing of the testbed's clean-up runs
+    for qemu in host.running():
+        qemu.exit(-9)
+    assert host.pci_drivers["0000:05:10.0"] == "qmigpci"
+    sweep(fake_config(), RUN)
+    assert host.pci_drivers["0000:05:10.0"] == "igbvf"
+    bed._stack.pop_all()  # what a killed process would never run
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 def test_a_pci_function_not_bound_to_vfio_is_refused_before_any_qemu(host: FakeHost, tmp_path: Path) -> None:
     host.add_pci("0000:3b:00.1", driver="ixgbevf")
-    with Testbed(fake_config(DeviceConfig(kind="pci", bdf="0000:3b:00.1")), tmp_path) as bed, \
-            pytest.raises(DeviceError, match=r"pci 0000:3b:00.1 is bound to /sys/bus/pci/drivers/ixgbevf"):
+    with Testbed(fake_config(pci_pool("0000:3b:00.1")), tmp_path) as bed, \
+            pytest.raises(DeviceError, match=r"pci 0000:3b:00.1 is bound to ixgbevf, not a VFIO driver"):
         bed.launch("source")
     assert host.qemus == []
 

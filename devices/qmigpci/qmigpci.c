@@ -2103,7 +2103,13 @@ static DEVICE_ATTR_RW(enable_precopy);
 static ssize_t reset_works_show(struct device *dev,
 				struct device_attribute *attr, char *buf)
 {
-	return sysfs_emit(buf, "%d\n", qpci_from_dev(dev)->core.reset_works);
+	/*
+	 * The core learns reset_works only when the device is opened; the PCI
+	 * core's list of reset methods is known from probe on, and is what
+	 * that later test will find.
+	 */
+	return sysfs_emit(buf, "%d\n",
+			  qpci_from_dev(dev)->core.pdev->reset_methods[0] != 0);
 }
 static DEVICE_ATTR_RO(reset_works);
 

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Build the qmp-mig "lab" VM image (L1): a Debian bookworm root filesystem with
 # QEMU 10.0 (bookworm-backports), the Debian 6.12 kernel and its modules, and the
-# kernel's mtty sample mdev driver and our own qmigdev test device (devices/qmigdev),
-# both built out of tree against the Debian headers.
+# kernel's mtty sample mdev driver, our own qmigdev test device (devices/qmigdev) and
+# our vfio-pci variant driver qmigpci (devices/qmigpci), built out of tree against the
+# Debian headers.
 #
 #   images/lab/build.sh OUTDIR
 #
@@ -90,6 +91,14 @@ make -s -C "$HEADERS" M="$W/qmigdev" modules >"$W/qmigdev/build.log" 2>&1 \
     || { cat "$W/qmigdev/build.log" >&2; die "qmigdev build failed"; }
 modinfo -F vermagic "$W/qmigdev/qmigdev.ko" | grep -q "^$KVER " || die "qmigdev.ko vermagic mismatch"
 
+# --- 2c. qmigpci.ko: our vfio-pci variant driver for the lab's edu functions.
+say "building qmigpci.ko"
+mkdir -p "$W/qmigpci"
+cp "$REPO/devices/qmigpci/qmigpci.c" "$REPO/devices/qmigpci/Kbuild" "$W/qmigpci/"
+make -s -C "$HEADERS" M="$W/qmigpci" modules >"$W/qmigpci/build.log" 2>&1 \
+    || { cat "$W/qmigpci/build.log" >&2; die "qmigpci build failed"; }
+modinfo -F vermagic "$W/qmigpci/qmigpci.ko" | grep -q "^$KVER " || die "qmigpci.ko vermagic mismatch"
+
 # --- 3. Root filesystem: debootstrap minbase + what the lab runs.
 say "debootstrap $DEBIAN_SUITE"
 # openssh-sftp-server: dropbear runs it for SFTP (paramiko's file transfer, scp);
@@ -125,8 +134,11 @@ cp -a "$KMOD" "$R/lib/modules/"
 rm -f "$R/lib/modules/$KVER/build" "$R/lib/modules/$KVER/source"
 install -D -m 644 "$W/mtty/mtty.ko" "$R/lib/modules/$KVER/extra/mtty.ko"
 install -D -m 644 "$W/qmigdev/qmigdev.ko" "$R/lib/modules/$KVER/extra/qmigdev.ko"
+install -D -m 644 "$W/qmigpci/qmigpci.ko" "$R/lib/modules/$KVER/extra/qmigpci.ko"
+# The lab's edu functions reach 40 address bits (qmp_mig/lab.py sets their dma_mask).
+echo "options qmigpci edu_dma_bits=40" >"$R/etc/modprobe.d/qmigpci.conf"
 chroot "$R" depmod -a "$KVER"
-for m in mtty qmigdev; do
+for m in mtty qmigdev qmigpci igb igbvf; do
     chroot "$R" modprobe -S "$KVER" --show-depends $m >/dev/null || die "depmod does not know $m"
 done
 
@@ -196,6 +208,17 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 guest /mnt/guest 2>
     || note "no 9p share 'guest'"
 
 modprobe -a vfio vfio_iommu_type1 mdev mtty qmigdev || note "modprobe vfio/mdev/mtty/qmigdev failed"
+
+# The PCI path: our variant driver (it binds only through driver_override, so the edu
+# functions stay unbound until a configuration binds them), and the igb NIC's SR-IOV
+# VFs on igbvf, as a host with real VFs has them. After eth0 is up: igb's port must
+# not take the name eth0.
+modprobe -a vfio-pci qmigpci igb igbvf || note "modprobe vfio-pci/qmigpci/igb/igbvf failed"
+for pf in /sys/bus/pci/devices/*; do
+    [ "$(cat "$pf/vendor" "$pf/device" 2>/dev/null | tr '\n' ' ')" = "0x8086 0x10c9 " ] || continue
+    [ -w "$pf/sriov_numvfs" ] && echo 2 >"$pf/sriov_numvfs" 2>/dev/null \
+        || note "no SR-IOV VFs on igb ${pf##*/}"
+done
 
 mkdir -p /var/log
 dropbear -F -E -s -p 22 \
@@ -308,6 +331,7 @@ cat >"$W/out/manifest.json" <<EOF
   "qemu_version": "$QEMU_VERSION",
   "mtty_module": "/lib/modules/$KVER/extra/mtty.ko",
   "qmigdev_module": "/lib/modules/$KVER/extra/qmigdev.ko",
+  "qmigpci_module": "/lib/modules/$KVER/extra/qmigpci.ko",
   "ssh_user": "root",
   "ssh_key": "id_ed25519",
   "ready_marker": "qmp-mig-lab: ready",
