@@ -28,7 +28,7 @@ def on_source(knob: str, value: str) -> Callable[[RunningVm, Sequence[Qmigdev]],
 
 class Detection(DeviceTest):
     """:avocado: enable
-    :avocado: tags=detection,device,faults
+    :avocado: tags=detection,device,faults,instances:4
     """
 
     def detect(self, fault: str, symptom: str, scenario: Callable[[], object]) -> None:

@@ -20,7 +20,7 @@ COMBINATIONS = (
 
 class DeviceMigration(DeviceTest):
     """:avocado: enable
-    :avocado: tags=vfio,migration,device,dma,p2p
+    :avocado: tags=vfio,migration,device,dma,p2p,instances:4
     """
 
     def test_dma_and_p2p_load(self) -> None:
@@ -59,7 +59,7 @@ class DeviceMigration(DeviceTest):
 
 class ResetRecovery(DeviceTest):
     """:avocado: enable
-    :avocado: tags=vfio,migration,device,reset,error
+    :avocado: tags=vfio,migration,device,reset,error,instances:4
     """
 
     def test_error_reset_then_migrate(self) -> None:

@@ -42,7 +42,10 @@ class Topologies(MigrationTest):
 
     def test_two_devices(self) -> None:
         """Two devices: all reach *_P2P before any moves toward STOP; on the destination
-        all reach RUNNING_P2P before any reaches RUNNING."""
+        all reach RUNNING_P2P before any reaches RUNNING.
+
+        :avocado: tags=instances:4
+        """
         specs = [*self.config.devices, *self.config.devices]
         source = self.bed.boot("source", specs=specs)
         if not all(fsm.Flag.P2P in f for f in source.flags.values()):

@@ -31,6 +31,8 @@ from avocado.core.output import LOG_UI
 from avocado.core.plugin_interfaces import CLI, Init, JobPost, JobPre
 from avocado.core.settings import settings
 
+from .pools import DEFAULT_NEED, Need
+
 SECTION = "qmp_mig"
 CONFIG = f"{SECTION}.config"
 SUMMARY = f"{SECTION}.summary"
@@ -125,7 +127,23 @@ def _variant_values(config: dict[str, Any], key: str) -> list[Any]:
         raise Refused(f"qmp-mig: the variants do not load: {bad}") from None
 
 
-def _preflight(paths: list[str]) -> None:
+def instance_needs(references: Iterable[str]) -> dict[str, Need]:
+    """How many instances of a device kind each test holds at once, from its tags
+    (``:avocado: tags=instances:N``; 2 without: a source and a destination), and
+    whether the kind is the [test_device] (tag ``device``) or the [[device]] entries."""
+    from avocado.core.resolver import resolve
+
+    needs = {}
+    for resolution in resolve(list(references)):
+        for runnable in resolution.resolutions:
+            tags = runnable.tags or {}
+            counts = [int(v) for v in tags.get("instances") or () if str(v).isdigit()]
+            name = str(runnable.uri).rsplit("/", 1)[-1]
+            needs[name] = Need(max(counts, default=DEFAULT_NEED), "device" in tags)
+    return needs
+
+
+def _preflight(paths: list[str], references: Iterable[str] = ()) -> None:
     """``qmp-mig check`` on every host the job will use; its table and a refusal if one fails."""
     from rich.console import Console
 
@@ -133,7 +151,7 @@ def _preflight(paths: list[str]) -> None:
     from .testbed import connect
 
     for path in paths:
-        result = check(Path(path), connect)
+        result = check(Path(path), connect, instance_needs(references))
         if not result.ok:
             Console(file=sys.__stderr__, highlight=False).print(result.table(f"qmp-mig check: {path}"))
             raise Refused(f"qmp-mig: the host is not ready (qmp-mig check --config {path}); no test started")
@@ -199,7 +217,7 @@ class QmpMigCLI(CLI):
         try:
             paths = host_configs(config)
             if config.get(PREFLIGHT):
-                _preflight(paths)
+                _preflight(paths, config.get("resolver.references") or ())
         except Refused as refused:
             # Avocado's own output is not set up yet (and would repeat early lines).
             print(refused, file=sys.__stderr__, flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from . import benchmark, images, lab, leftovers, preflight
+from . import benchmark, images, lab, leftovers, preflight, runner
 from .config import ConfigError
 from .config import load as load_config
 from .host_loss import host_lost
@@ -89,7 +89,9 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
             booted_here = lab.status() is None
             path = Path(lab.up(say, owned=True).config)
         _finish_earlier_runs()
-        if not _preflight(path):
+        if args.suite not in SUITES:
+            raise RunError(f"unknown suite {args.suite!r}; available: {', '.join(SUITES)}")
+        if not _preflight(path, suites=(args.suite,)):
             return 2
         config = path  # from here on there is something to clean up on the host
         leftovers.record(run_id, config)
@@ -159,10 +161,13 @@ def _finish_earlier_runs() -> None:
             leftovers.finished(run_id)
 
 
-def _preflight(config: Path, always: bool = False) -> bool:
-    """The host checked before anything starts: its table when something fails (or
-    ``always``), else one line."""
-    result = preflight.check(config, connect)
+def _preflight(config: Path, always: bool = False, suites: tuple[str, ...] = ()) -> bool:
+    """The host checked before anything starts, for the tests of ``suites`` (default:
+    every suite): its table when something fails (or ``always``), else one line."""
+    from .avocado_plugin import instance_needs  # Avocado's resolver: only when checking
+
+    needs = instance_needs(runner.references(*(suites or tuple(runner.SUITES))))
+    result = preflight.check(config, connect, needs)
     if always or not result.ok:
         console.print(result.table(f"qmp-mig check: {config}"))
     failed = [row for row in result.rows if row.verdict == preflight.FAIL]

@@ -108,17 +108,21 @@ class DevicePool:
         )
 
 
-def shortfalls(sizes: Mapping[str, int | None], needs: Mapping[str, int]) -> list[str]:
-    """Each scenario that needs more instances of a kind at once than its pool has.
+DEFAULT_NEED = 2  # a source and a destination
 
-    ``sizes``: the pool's label -> its size (None: unbounded). ``needs``: the scenario
-    -> how many instances of each pool it holds at once (every pool is used alike).
-    """
-    problems = []
-    for label, size in sizes.items():
-        if size is None:
-            continue
-        short = {test: n for test, n in needs.items() if n > size}
-        for test, n in sorted(short.items()):
-            problems.append(f"{label} has {size} instance{'s' if size != 1 else ''}, {test} needs {n} at once")
-    return problems
+
+@dataclass(frozen=True)
+class Need:
+    """What one test holds at once: ``instances`` of each device kind it uses, of the
+    [test_device] (``test_device``) or of every [[device]] entry."""
+
+    instances: int
+    test_device: bool = False
+
+
+def shortfalls(size: int | None, needs: Mapping[str, Need], test_device: bool) -> list[str]:
+    """The tests that need more instances of an entry of ``size`` at once than it has."""
+    if size is None:
+        return []
+    return [f"{test} needs {need.instances}" for test, need in sorted(needs.items())
+            if need.test_device == test_device and need.instances > size]

@@ -16,7 +16,7 @@ is a failure here, before any test starts.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from .config import load as load_config
 from .devices import BASE_VFIO_OPTIONS, DeviceError, MdevDevice, PciDevice, VfioDevice
 from .hosts import Host, HostError
 from .kernel_trace import KernelTrace
-from .pools import pci_functions
+from .pools import Need, pci_functions, shortfalls
 from .qemu_trace import TRACE_EVENTS
 
 PASS, FAIL, OFF = "ok", "FAIL", "not offered"
@@ -68,8 +68,9 @@ class Preflight:
         return table
 
 
-def check(config_path: Path, connect: Callable[[Config], Host]) -> Preflight:
-    """Every row for the configuration at ``config_path``; ``connect`` reaches its host."""
+def check(config_path: Path, connect: Callable[[Config], Host], needs: Mapping[str, Need] | None = None) -> Preflight:
+    """Every row for the configuration at ``config_path``; ``connect`` reaches its host.
+    ``needs``: the tests to run and how many device instances each holds at once."""
     result = Preflight()
     try:
         config = load_config(config_path)
@@ -89,8 +90,10 @@ def check(config_path: Path, connect: Callable[[Config], Host]) -> Preflight:
         _vfio(result, host, config)
         for index, spec in enumerate(config.devices):
             _device(result, host, f"[[device]] #{index + 1}", spec)
+            _pool(result, host, f"[[device]] #{index + 1}", spec, needs or {}, test_device=False)
         if config.test_device is not None:
             _device(result, host, "[test_device]", config.test_device)
+            _pool(result, host, "[test_device]", config.test_device, needs or {}, test_device=True)
         _guest(result, host, config)
         _workdir(result, host, config)
         _kernel_probes(result, host)
@@ -190,6 +193,22 @@ def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig) -> No
                bool(flags) and (expected is None or flags == expected),
                "the driver reports no VFIO migration support" if not flags else
                f"the configuration expects {expected.describe() if expected else ''}")
+
+
+def _pool(result: Preflight, host: Host, where: str, spec: DeviceConfig, needs: Mapping[str, Need],
+          test_device: bool) -> None:
+    """The entry has as many instances as the tests to run hold at once."""
+    try:
+        size = len(pci_functions(host, spec)) if spec.kind == "pci" else spec.count
+    except DeviceError:
+        return  # its own row says why
+    mine = [n.instances for n in needs.values() if n.test_device == test_device]
+    if size is None or not mine:
+        return
+    short = shortfalls(size, needs, test_device)
+    result.add(f"{where} pool", f"{size} instance{'s' if size != 1 else ''}; "
+               + (f"too few: {'; '.join(short)} at once" if short else f"the tests hold up to {max(mine)} at once"),
+               not short, f"give the entry at least {max(mine)} instances (more bdf, vfs or count)")
 
 
 def _pci_function(result: Preflight, host: Host, where: str, spec: DeviceConfig, bdf: str) -> bool:

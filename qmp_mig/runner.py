@@ -115,6 +115,12 @@ class SuiteRun:
     interrupted: Interrupted | None = None
 
 
+def references(*suites: str) -> list[str]:
+    """The test references (file or file:Class.method) of ``suites``, as Avocado takes them."""
+    return list(dict.fromkeys(str(REPO / test) for suite in suites for part in SUITES[suite]
+                              for test in part.tests))
+
+
 def unresolved(suite: str) -> list[str]:
     """The entries of ``suite`` that name no test (file, class and method) or no variants file."""
     problems = []

@@ -311,6 +311,8 @@ class FakeHost(Host):
             case ["readlink", path] if path.startswith("/sys/bus/pci/drivers/") and path.endswith("/module"):
                 module = self.driver_modules.get(path.split("/")[5])
                 return (0, f"../../../../module/{module}\n", "") if module else (1, "", "")
+            case ["readlink", path] if path in self.links:
+                return 0, self.links[path] + "\n", ""
             case ["readlink", "-f", path]:
                 if path in self.links:
                     return 0, self.links[path] + "\n", ""

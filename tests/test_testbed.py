@@ -17,8 +17,8 @@ from fakes import MDEV_DEVICES, WORKDIR, FakeHost, fake_config, mdev_entry
 from qmp_mig import testbed
 from qmp_mig.config import DeviceConfig
 from qmp_mig.devices import DeviceError, MdevDevice
-from qmp_mig.pools import PoolExhausted
 from qmp_mig.kernel_trace import TRACEFS
+from qmp_mig.pools import PoolExhausted
 from qmp_mig.qemu import QemuError
 from qmp_mig.testbed import Testbed, sweep
 
