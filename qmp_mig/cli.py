@@ -38,6 +38,10 @@ def cmd_images(args: argparse.Namespace, stop: Stop) -> int:
             images.ensure(name, say)
         state = "built" if images.is_built(name) else "missing"
         say(f"{name}: {images.image_dir(name)} ({state})")
+        if images.is_built(name):
+            images.link_current(name, images.image_dir(name))
+            say(f"{name}: also as {images.current_link(name)} (the newest build; a host "
+                "configuration names it)")
     return 0
 
 

@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
@@ -269,8 +270,7 @@ class _Device(_Table):
     pf: _PciAddress | None = Field(None, description="the PCI address of a physical function, like 0000:3b:00.0")
     vfs: _VfRange | None = Field(None, description="VF numbers of the pf, like '0-3' or '2' (string)")
     bdf: _PciPool | None = Field(
-        None, validate_default=True,
-        description="a PCI address like 0000:3b:00.1, or a list of them (the pool)")
+        None, description="a PCI address like 0000:3b:00.1, or a list of them (the pool)")
     bind: _DriverName | None = Field(None, description=(
         "a driver name like 'vfio-pci' or 'qmigpci': the functions are bound to it for the run "
         "and given back to their own driver after it (string)"))
@@ -290,30 +290,27 @@ class _Device(_Table):
 
     @field_validator("vfs")
     @classmethod
-    def _vfs_need_pf(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None:
-            first, _, last = value.partition("-")
-            if last and int(last) < int(first):
-                raise PydanticCustomError("vf_range", "a range that runs backwards")
-            if not info.data.get("pf"):
-                raise PydanticCustomError("vf_pf", "vfs without pf")
+    def _vf_range(cls, value: str | None) -> str | None:
+        first, _, last = (value or "").partition("-")
+        if last and int(last) < int(first):
+            raise PydanticCustomError("vf_range", "a range that runs backwards")
         return value
 
-    @field_validator("bdf")
-    @classmethod
-    def _pci_needs(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        if info.data.get("kind") != "pci":
-            return value
-        vfs = info.data.get("pf") or info.data.get("vfs")
-        if value and vfs:
+    @model_validator(mode="after")
+    def _pci_pool(self) -> _Device:
+        """A PCI entry names its pool once: bdf, or pf with vfs (checked once every key
+        is valid, so a bad key is reported alone)."""
+        if self.kind != "pci":
+            return self
+        if self.bdf and (self.pf or self.vfs):
             raise PydanticCustomError("pool_twice", "a pool given twice")
-        if value and len(set(value)) != len(value):
+        if self.bdf and len(set(self.bdf)) != len(self.bdf):
             raise PydanticCustomError("pool_repeats", "the same function twice")
-        if not value and not vfs:
-            raise PydanticCustomError("needed", "needed by kind {kind}", {"kind": "pci"})
-        if not value and not (info.data.get("pf") and info.data.get("vfs")):
+        if not self.bdf and not (self.pf or self.vfs):
+            raise PydanticCustomError("pool_needed", "no pool")
+        if not self.bdf and not (self.pf and self.vfs):
             raise PydanticCustomError("vf_pool", "pf and vfs go together")
-        return value
+        return self
 
 
 class _Checks(_Table):
@@ -392,8 +389,15 @@ def _sentence(where: str, error: ErrorDetails) -> str:
             subject += "." + ".".join(_key(part) for part in rest[1:])
     if kind == "missing":
         return f"{where}: {subject}: missing; expected {expected}"
-    if kind == "needed" and top in ("device", "test_device") and rest and rest[0] == "bdf":
-        return f"{where}: {table}: kind = 'pci' needs bdf (an address or a list of them), or pf and vfs"
+    pool_words = {
+        "pool_needed": "kind = 'pci' needs bdf (an address or a list of them), or pf and vfs",
+        "pool_twice": "give either bdf or pf and vfs, not both",
+        "pool_repeats": "the same PCI function is listed twice in bdf; expected each once",
+        "vf_pool": "pf and vfs go together: the VF numbers of that physical function",
+        "vf_range": "the range runs backwards; expected FIRST-LAST with FIRST <= LAST",
+    }
+    if kind in pool_words:
+        return f"{where}: {subject if rest else table}: {pool_words[kind]}"
     if kind == "needed" and found is None:
         return f"{where}: {subject}: missing, and kind = {ctx['kind']!r} needs it; expected {expected}"
     # A bad key inside options/attributes is itself what was found.
@@ -406,15 +410,6 @@ def _sentence(where: str, error: ErrorDetails) -> str:
         return f"{head}: expected {ctx['expected']}"
     if kind == "flags":
         return f"{head}: {ctx['reason']}"
-    pool_words = {
-        "pool_twice": "give either bdf or pf and vfs, not both",
-        "pool_repeats": "the same PCI function is listed twice; expected each once",
-        "vf_pool": "pf and vfs go together: the VF numbers of that physical function",
-        "vf_pf": "vfs needs pf, the physical function whose VFs they are",
-        "vf_range": "the range runs backwards; expected FIRST-LAST with FIRST <= LAST",
-    }
-    if kind in pool_words:
-        return f"{head}: {pool_words[kind]}"
     # Types (string_type, int_type, ...), patterns, ranges and our own checks:
     # what was expected is the field's description.
     return f"{head}: expected {expected}"

@@ -92,12 +92,29 @@ def is_built(name: str) -> bool:
     return (image_dir(name) / COMPLETE).exists()
 
 
+def current_link(name: str) -> Path:
+    """``<cache>/images/<name>``: the newest build of the image, a path that stays the
+    same across rebuilds (a real host's configuration names its guest image by it)."""
+    return cache_dir() / "images" / name
+
+
+def link_current(name: str, target: Path) -> None:
+    link = current_link(name)
+    if link.is_symlink() and os.readlink(link) == target.name:
+        return
+    temporary = link.with_name(f".{name}.link")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target.name)
+    temporary.replace(link)  # atomic: a reader sees the old build or the new one
+
+
 def ensure(name: str, say: Callable[[str], None] = print) -> Path:
     """The image's directory, building it (and what it needs) first if missing."""
     recipe = RECIPES[name]
     dependencies = [ensure(needed, say) for needed in recipe.needs]
     target = image_dir(name)
     if (target / COMPLETE).exists():
+        link_current(name, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log = target.parent / f"{target.name}.build.log"
@@ -121,6 +138,7 @@ def ensure(name: str, say: Callable[[str], None] = print) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _remove_stale(name, keep=target)
+    link_current(name, target)
     say(f"built {name} image in {time.monotonic() - started:.0f} s")
     return target
 

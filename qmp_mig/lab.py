@@ -123,6 +123,11 @@ def pci_functions() -> list[str]:
     return args
 
 
+def edu_functions() -> list[str]:
+    """The edu functions' addresses in the lab (bus N behind root port N)."""
+    return [f"0000:{number:02x}:00.0" for number in range(1, EDU_FUNCTIONS + 1)]
+
+
 def command_line(
     lab: Path, guest: Path, snapshots: Path, port: int, console: Path, memory: str = "3G"
 ) -> list[str]:
@@ -314,6 +319,16 @@ expect_flags = "STOP_COPY|P2P|PRE_COPY"
 options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
 # A real bug of the sample, reported by the reuse scenario as an expected failure.
 known_issues = {{ "reuse-after-failure" = "mtty keeps its migration state when the device is closed: after a failed incoming migration the mdev stays in RESUMING and the next QEMU cannot load into it" }}
+
+# The PCI path: the lab's edu functions (each behind its own root port, behind the
+# emulated VT-d), lent to our variant driver (devices/qmigpci) for each scenario and
+# given back (unbound) after it. Each QEMU gets its own function of the pool.
+[[device]]
+kind = "pci"
+bdf = [{", ".join(f'"{bdf}"' for bdf in edu_functions())}]
+bind = "qmigpci"
+expect_flags = "STOP_COPY|P2P|PRE_COPY"
+options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
 
 # Our own test device (devices/qmigdev, built into the lab image): DMA and P2P
 # engines, reset, and fault knobs. The device tests and the detection suite use it.

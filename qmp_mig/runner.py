@@ -33,15 +33,21 @@ from .report import expected_failure
 
 @dataclass(frozen=True)
 class Part:
-    """Test files run as one Avocado job, optionally multiplied by a variants YAML."""
+    """Test files run as one Avocado job, with variants YAML files (Avocado merges
+    them: a matrix file multiplies the tests, a kind file picks the device kind)."""
 
     tests: tuple[str, ...]
-    variants: str | None = None
+    variants: tuple[str, ...] = ()
 
 
+_VARIANTS = "avocado_tests/variants"
+_MDEV, _PCI = f"{_VARIANTS}/mdev.yaml", f"{_VARIANTS}/pci.yaml"
+_MATRIX = "avocado_tests/test_vfio_migration.py"
+# Scenarios on the [[device]] entries; each runs once per device kind.
 _SCENARIOS = ("avocado_tests/test_failures.py", "avocado_tests/test_topologies.py",
-              "avocado_tests/test_refusals.py", "avocado_tests/test_reset.py",
-              "avocado_tests/test_device.py")
+              "avocado_tests/test_refusals.py", "avocado_tests/test_reset.py")
+# Scenarios on our own test device ([test_device]): the kind files do not apply.
+_DEVICE_SCENARIOS = ("avocado_tests/test_device.py",)
 # The default suite must fit in CI with the lab's guests under nested TCG
 # (about 5 minutes per scenario): one of each kind. The nightly suite runs
 # every scenario and the whole option matrix.
@@ -55,23 +61,33 @@ _DEFAULT_SCENARIOS = (
     "avocado_tests/test_device.py:DeviceMigration.test_dma_and_p2p_load",
     "avocado_tests/test_device.py:DeviceMigration.test_flag_walks",
 )
+# The PCI path (a variant driver on functions behind an IOMMU) in the default suite:
+# a migration, a cancel and two functions in one VM.
+_DEFAULT_PCI = (
+    f"{_MATRIX}:VfioMigration.test_migrate",
+    "avocado_tests/test_failures.py:Failures.test_cancel_active",
+    "avocado_tests/test_topologies.py:Topologies.test_two_devices",
+)
 # ResetRecovery (test_device.py) is in `full` and `nightly`: 7-8 min each under nested
 # TCG, it would take the default run too close to CI's 90 minutes.
 # Variants multiply every test of their job, so the option matrix is a job of its own.
 SUITES: dict[str, tuple[Part, ...]] = {
     "default": (
-        Part(("avocado_tests/test_vfio_migration.py",), "avocado_tests/variants/default.yaml"),
-        Part(_DEFAULT_SCENARIOS),
+        Part((_MATRIX,), (f"{_VARIANTS}/default.yaml", _MDEV)),
+        Part(_DEFAULT_SCENARIOS, (_MDEV,)),
+        Part(_DEFAULT_PCI, (_PCI,)),
     ),
     "nightly": (
-        Part(("avocado_tests/test_vfio_migration.py",), "avocado_tests/variants/nightly.yaml"),
-        Part(_SCENARIOS, "avocado_tests/variants/nightly-scenarios.yaml"),
+        Part((_MATRIX,), (f"{_VARIANTS}/nightly.yaml", _MDEV)),
+        Part((*_SCENARIOS, *_DEVICE_SCENARIOS), (f"{_VARIANTS}/nightly-scenarios.yaml", _MDEV)),
+        Part((_MATRIX, *_SCENARIOS), (f"{_VARIANTS}/nightly-scenarios.yaml", _PCI)),
     ),
     # Every scenario once and the small matrix: what `default` is where guests run fast
     # (a real KVM host, or the lab with QMP_MIG_GUEST_ACCEL=kvm).
     "full": (
-        Part(("avocado_tests/test_vfio_migration.py",), "avocado_tests/variants/full.yaml"),
-        Part(_SCENARIOS),
+        Part((_MATRIX,), (f"{_VARIANTS}/full.yaml", _MDEV)),
+        Part((*_SCENARIOS, *_DEVICE_SCENARIOS), (_MDEV,)),
+        Part((_MATRIX, *_SCENARIOS), (_PCI,)),
     ),
     # Every injected driver bug must be caught by some check; prints the detection table.
     "detection": (Part(("avocado_tests/test_detection.py",)),),
@@ -95,7 +111,7 @@ def avocado_command(part: Part, results: Path, config: Path) -> list[str]:
     ]
     command += [str(REPO / test) for test in part.tests]
     if part.variants:  # last: -m takes every argument after it as a YAML file
-        command += ["-m", str(REPO / part.variants)]
+        command += ["-m", *(str(REPO / variants) for variants in part.variants)]
     return command
 
 
@@ -137,8 +153,8 @@ def unresolved(suite: str) -> list[str]:
                 if found is None or not any(isinstance(n, ast.FunctionDef) and n.name == method
                                             for n in found.body):
                     problems.append(f"{test}: no test {name} in {path}")
-        if part.variants and not (REPO / part.variants).is_file():
-            problems.append(f"{part.variants}: no such variants file")
+        problems += [f"{variants}: no such variants file" for variants in part.variants
+                     if not (REPO / variants).is_file()]
     return problems
 
 

@@ -4,6 +4,7 @@ the steps scenarios share, and what every test leaves behind.
 
 Parameters (``-p key=value`` or a variants YAML):
   host_config      the host TOML (``qmp-mig run`` passes the lab's)
+  device_kind      "mdev" or "pci": only the [[device]] entries of that kind (default: all)
   memory_mb, dirty_mb, dirty_rate_mb   override the configuration's [workload]
   capabilities     table of migration capabilities for both sides
   parameters       table of migrate-set-parameters for both sides
@@ -84,6 +85,13 @@ class MigrationTest(Test):
             self.cancel("no host configuration: pass --qmp-mig-config FILE to avocado run "
                         "(qmp-mig run passes the lab's)")
         config = configuration.load(path)
+        kind = self.params.get("device_kind", default=None)
+        if kind:  # the variant picks one kind of the configuration's [[device]] entries
+            chosen = tuple(d for d in config.devices if d.kind == kind)
+            if not chosen:
+                self.cancel(f"not run: the host configuration names no [[device]] of kind {kind!r} "
+                            f"(this variant runs the scenario on that kind)")
+            config = dataclasses.replace(config, devices=chosen)
         options = {k: str(v) for k, v in _table(self.params, "device_options").items()}
         if options:
             config = dataclasses.replace(config, devices=tuple(

@@ -77,7 +77,8 @@ def test_example_file_in_the_repository_loads() -> None:
     config = load(Path(__file__).parent.parent / "ci" / "kvm-host.example.toml")
     assert config.host.kind == "local"
     assert config.vm.accel == "kvm" and config.vm.memory_mb == 1024
-    assert config.devices == (DeviceConfig(kind="pci", bdfs=("0000:3b:00.1",)),)
+    assert config.devices == (DeviceConfig(kind="pci", pf="0000:3b:00.0", vfs=(0, 1, 2, 3), bind="mlx5_vfio_pci",
+                                           expect_flags=Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY),)
 
 
 @pytest.mark.parametrize(
@@ -288,3 +289,31 @@ def test_host_key_is_an_openssh_public_key_line(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('kind = "local"', 'kind = "local"\nhost_key = "SHA256:abc"'))
     assert problems(path) == [f"{path}: [host] host_key = 'SHA256:abc': expected an OpenSSH public key "
                               "line like 'ssh-ed25519 AAAA...'"]
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ('bdf = ["0000:3b:00.1", "0000:3b:00.1"]',
+         "[[device]] #2: the same PCI function is listed twice in bdf; expected each once"),
+        ('bdf = []', "[[device]] #2 bdf = an empty array: expected a PCI address like 0000:3b:00.1, or a list of them"),
+        ('pf = "0000:3b:00.0"', "[[device]] #2: pf and vfs go together"),
+        ('pf = "0000:3b:00.0"\nvfs = "3-1"', "[[device]] #2 vfs: the range runs backwards"),
+        ('vfs = "0-3"', "[[device]] #2: pf and vfs go together"),
+        ('', "[[device]] #2: kind = 'pci' needs bdf (an address or a list of them), or pf and vfs"),
+        ('bdf = "0000:3b:00.1"\npf = "0000:3b:00.0"\nvfs = "0"',
+         "[[device]] #2: give either bdf or pf and vfs, not both"),
+        ('bdf = "0000:3b:00.1"\nbind = "vfio pci"', "[[device]] #2 bind = 'vfio pci': expected a driver name"),
+    ],
+)
+def test_a_bad_pool_is_refused_in_our_words(tmp_path: Path, pool: str, message: str) -> None:
+    (line,) = problems(write(tmp_path, GOOD.replace('bdf = "0000:3b:00.1"', pool)))
+    assert message in line, line
+
+
+def test_pools_load_as_lists(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD.replace('bdf = "0000:3b:00.1"',
+                                               'pf = "0000:3b:00.0"\nvfs = "2-4"\nbind = "vfio-pci"')))
+    assert config.devices[1].vfs == (2, 3, 4) and config.devices[1].bind == "vfio-pci"
+    config = load(write(tmp_path, GOOD.replace('bdf = "0000:3b:00.1"', 'bdf = ["0000:3b:00.1", "0000:3b:00.2"]')))
+    assert config.devices[1].bdfs == ("0000:3b:00.1", "0000:3b:00.2")

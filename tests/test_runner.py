@@ -60,7 +60,7 @@ def test_a_suite_naming_a_missing_test_is_refused_before_anything_runs(
 
 def test_command_for_a_part_with_variants(tmp_path: Path) -> None:
     config = tmp_path / "host.toml"
-    part = Part(("avocado_tests/test_vfio_migration.py",), "avocado_tests/variants/default.yaml")
+    part = Part(("avocado_tests/test_vfio_migration.py",), ("avocado_tests/variants/default.yaml",))
     command = avocado_command(part, tmp_path, config)
     _check_options(command, tmp_path, config)
     assert command[len(_options(command)):] == [
@@ -108,7 +108,7 @@ def _fake_suite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *outcomes: tupl
     """Suite 'fake': one part per (exit status, writes results.json), each run by the
     runner's own command with FAKE_AVOCADO in place of Avocado."""
     monkeypatch.setitem(SUITES, "fake", tuple(
-        Part(("avocado_tests/test_reset.py",), None if i % 2 else "avocado_tests/variants/default.yaml")
+        Part(("avocado_tests/test_reset.py",), () if i % 2 else ("avocado_tests/variants/default.yaml",))
         for i in range(len(outcomes))))
     control = tmp_path / "outcomes.json"
     control.write_text(json.dumps(outcomes))
