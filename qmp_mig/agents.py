@@ -114,3 +114,31 @@ class QmigdevAgent:
 
     def p2p_verify(self, sender: str, receiver: str, stop: bool = True) -> dict[str, Any]:
         return self._run("p2p-verify", "--bdf", sender, "--peer", receiver, *(["--stop"] if stop else []))
+
+
+EDU = "/usr/local/bin/qmp-mig-edu"
+
+
+@dataclass
+class EduAgent:
+    """Programs QEMU's edu functions (assigned through our qmigpci driver) from inside
+    the guest (guest_agents/edu.c): sequence-numbered records copied RAM -> the device's
+    DMA buffer -> RAM by the device's DMA engine, and registers set before migration."""
+
+    guest: Guest
+
+    def _run(self, command: str, *args: str) -> dict[str, Any]:
+        return self.guest.agent([EDU, command, *args])
+
+    def functions(self) -> list[str]:
+        """PCI addresses of the edu functions the guest sees, in bus order."""
+        return sorted(d["bdf"] for d in self._run("list")["devices"])
+
+    def start(self, bdf: str, seed: int) -> dict[str, Any]:
+        return self._run("start", "--bdf", bdf, "--seed", str(seed))
+
+    def status(self, bdf: str) -> dict[str, Any]:
+        return self._run("status", "--bdf", bdf)
+
+    def verify(self, bdf: str, stop: bool = True) -> dict[str, Any]:
+        return self._run("verify", "--bdf", bdf, *(["--stop"] if stop else []))

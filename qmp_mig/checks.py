@@ -196,3 +196,38 @@ def check_p2p(where: str, report: dict[str, Any]) -> None:
     if report.get("stopped"):
         problems.append(f"{report['stopped']} P2P record(s) sent while the sender was stopped")
     _verdict(where, problems, report)
+
+
+def check_edu(where: str, report: dict[str, Any]) -> None:
+    """An edu function's DMA load survived: every record the guest saw the device copy
+    back is in guest RAM, whole, in its slot; the device's DMA buffer holds what was
+    copied into it; the registers set before migration read back the same."""
+    require_keys(where, report, "done", "lost", "torn", "future", "foreign", "source", "liveness",
+                 "factorial", "buffer", "dma_timeouts")
+    problems = []
+    if not report.get("done"):
+        problems.append("the device copied no record at all")
+    if report.get("lost"):
+        problems.append(f"{report['lost']} DMA record(s) lost after migration (seq {_first(report['lost_seqs'])})")
+    if report.get("torn"):
+        problems.append(f"{report['torn']} torn DMA record(s) (slot {_first(report['torn_slots'])})")
+    if report.get("future"):
+        problems.append(f"{report['future']} DMA record(s) the guest never issued (seq {_first(report['future_seqs'])})")
+    if report.get("foreign"):
+        problems.append(f"{report['foreign']} DMA record(s) in the wrong slot")
+    source = report.get("source") or {}
+    if source.get("lost") or source.get("torn"):
+        problems.append(f"the guest's own records: {source.get('lost', 0)} lost, {source.get('torn', 0)} torn "
+                        "(guest RAM did not survive)")
+    for register in ("liveness", "factorial"):
+        value = report.get(register) or {}
+        if value.get("expected") != value.get("read"):
+            problems.append(f"register {register}: set to give {value.get('expected')} before migration, "
+                            f"reads {value.get('read')} after it")
+    buffer = report.get("buffer") or {}
+    if buffer.get("mismatched"):
+        problems.append(f"the device's DMA buffer lost what was copied into it: {buffer['mismatched']} of "
+                        f"{buffer.get('compared')} chunks differ (chunk {_first(buffer.get('chunks', []))})")
+    if report.get("dma_timeouts"):
+        problems.append(f"{report['dma_timeouts']} DMA transfer(s) never finished")
+    _verdict(where, problems, report)

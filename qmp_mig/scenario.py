@@ -33,11 +33,12 @@ from avocado import Test
 
 from . import config as configuration
 from . import fsm
-from .agents import MTTY_PATTERN, MemoryAgent, MttyAgent
+from .agents import MTTY_PATTERN, EduAgent, MemoryAgent, MttyAgent
 from .checks import (
     NOT_RUN_FILE,
     CheckFailed,
     check_bytes,
+    check_edu,
     check_equal,
     check_memory,
     check_walk,
@@ -74,6 +75,7 @@ class MigrationTest(Test):
 
     def setUp(self) -> None:
         self.not_run: dict[str, str] = {}  # optional checks that could not run -> why
+        self.edu_loaded: list[str] = []  # edu functions (guest BDFs) given a DMA load
         lost = host_lost()
         if lost is not None:
             self.cancel(f"not run: {lost.sentence()}")
@@ -236,7 +238,8 @@ class MigrationTest(Test):
         return MemoryAgent(vm.guest, timeout=self.agent_timeout)
 
     def load_guest(self, vm: RunningVm) -> dict[str, bytes]:
-        """Start the memory agent and put known bytes into every mtty FIFO."""
+        """Start the memory agent, put known bytes into every mtty FIFO and start the
+        DMA load on every edu function (the PCI test function of the lab)."""
         started = self.memory(vm).start(self.memory_mb, self.dirty_mb, self.dirty_rate_mb)
         pace = f" at {self.dirty_rate_mb} MB/s" if self.dirty_rate_mb else ""
         self.mark(vm.qemu.name, f"memory agent started: {started['pages']} pages, "
@@ -248,6 +251,12 @@ class MigrationTest(Test):
             fifo[f"{port.bdf}/{port.index}"] = MTTY_PATTERN
         if fifo:
             self.mark(vm.qemu.name, f"mtty FIFOs loaded: {', '.join(sorted(fifo))}")
+        edu = EduAgent(vm.guest)
+        for seed, bdf in enumerate(edu.functions(), start=1):
+            started = edu.start(bdf, seed)
+            self.edu_loaded.append(bdf)
+            self.mark(vm.qemu.name, f"edu {bdf}: DMA load started, registers set (liveness "
+                      f"{started.get('liveness')}, factorial {started.get('factorial')})")
         return fifo
 
     def loaded_source(self) -> tuple[RunningVm, dict[str, bytes], dict[str, list[State]]]:
@@ -269,6 +278,16 @@ class MigrationTest(Test):
             self.mark(vm.qemu.name, f"mtty {key} read back {len(observed)} bytes",
                       failed=observed != fifo.get(key))
             check_bytes(f"{where}: mtty {key}", fifo[key], observed)
+        edu = EduAgent(vm.guest)
+        seen = edu.functions()
+        for bdf in self.edu_loaded:
+            if bdf not in seen:
+                raise CheckFailed(f"{where}: edu {bdf} loaded before migration is gone from the guest")
+            report = edu.verify(bdf)
+            (self.artifacts / f"{vm.qemu.name}-edu-{bdf}.json").write_text(json.dumps(report, indent=1))
+            self.mark(vm.qemu.name, f"edu {bdf}: {report.get('done')} records copied, {report.get('lost')} lost, "
+                      f"{report.get('torn')} torn", failed=bool(report.get("lost") or report.get("torn")))
+            check_edu(f"{where}: edu {bdf}", report)
 
     def start_migration(self, source: RunningVm, name: str = "destination", *,
                         specs: Sequence[DeviceConfig] | None = None, **overrides: Any) -> Migration:

@@ -50,6 +50,17 @@ def leftovers(config_path: Path) -> dict[str, list[str]]:
         host.close()
 
 
+def pci_drivers(config_path: Path) -> dict[str, str]:
+    """Every PCI function of the host and the driver it is bound to ("" for none)."""
+    host = connect(config.load(config_path))
+    try:
+        listing = host.run(["sh", "-c", 'for d in /sys/bus/pci/devices/*; do '
+                            'echo "${d##*/} $(basename "$(readlink "$d/driver")" 2>/dev/null)"; done']).stdout
+    finally:
+        host.close()
+    return {line.split(" ")[0]: line.partition(" ")[2] for line in listing.splitlines()}
+
+
 # CI has 90 minutes for everything; the default suite takes 20-40 of them.
 SUITE_TIMEOUT = 3600
 
@@ -86,7 +97,10 @@ def run_live(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str
 
 
 def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
-    """`qmp-mig run` runs the default suite in the lab and every test passes."""
+    """`qmp-mig run` runs the default suite in the lab and every test passes; the PCI
+    functions it lent to qmigpci are given back, and no other function is touched."""
+    drivers = pci_drivers(lab_config)
+    assert {bdf: drivers[bdf] for bdf in lab.edu_functions()} == dict.fromkeys(lab.edu_functions(), "")
     started = time.monotonic()
     run = run_live([*QMP_MIG, "run", "--results", str(tmp_path)], timeout=SUITE_TIMEOUT)
     last = run.stdout.strip().splitlines()[-1]
@@ -113,8 +127,17 @@ def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
         svg = Path(t["logdir"]) / "artifacts" / "timeline.svg"
         assert svg.exists(), svg
         assert os.path.relpath(svg, run_dir) in report
+    # variants/pci.yaml names its variants run-pci-...
+    pci = {t["name"].rsplit(":", 1)[-1].split(";")[0] for t in tests if ";run-pci-" in t["name"]}
+    assert {"VfioMigration.test_migrate", "Failures.test_cancel_active", "Topologies.test_two_devices"} <= pci, pci
     assert run.returncode == 0
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
+    after = pci_drivers(lab_config)
+    assert after == drivers, {bdf: (drivers.get(bdf), after.get(bdf)) for bdf in {*drivers, *after}
+                              if drivers.get(bdf) != after.get(bdf)}
+    print("PCI functions and their drivers, before and after the run (identical):")
+    for bdf, driver in sorted(drivers.items()):
+        print(f"  {bdf} {driver or '-'}")
 
 
 def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path) -> None:
@@ -400,3 +423,28 @@ def test_absent_test_device_is_cancel_with_its_reason(lab_config: Path, tmp_path
     assert test["status"] == "CANCEL", test
     assert test["fail_reason"] == "the host configuration names no [test_device] (devices/qmigdev)"
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
+
+
+def test_dma_from_an_assigned_function_goes_through_the_iommu(lab_config: Path) -> None:
+    """An edu function handed to VFIO DMAs from an IOVA its domain does not map: the
+    lab's VT-d refuses it and the lab kernel logs the fault for that function."""
+    bdf = lab.edu_functions()[-1]
+    host = connect(config.load(lab_config))
+    try:
+        assert host.run(["readlink", f"/sys/bus/pci/devices/{bdf}/driver"], check=False).stdout == ""
+        host.run(["sh", "-c", 'echo vfio-pci > "/sys/bus/pci/devices/$1/driver_override" && '
+                  'echo "$1" > /sys/bus/pci/drivers_probe && dmesg -c > /dev/null', "sh", bdf])
+        try:
+            probe = host.run(["python3", "-", bdf], stdin=(Path(__file__).parent / "iommu_fault.py").read_bytes(),
+                             check=False, timeout=60)
+            log = host.run(["dmesg"]).stdout
+        finally:
+            host.run(["sh", "-c", 'echo "$1" > "/sys/bus/pci/devices/$1/driver/unbind"; '
+                      'echo > "/sys/bus/pci/devices/$1/driver_override"', "sh", bdf], check=False)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        print(probe.stdout, log, sep="\n")
+        short = bdf.split(":", 1)[1]
+        assert any(f"Request device [{short}] fault addr 0x10000000" in line for line in log.splitlines()), log
+        assert host.run(["readlink", f"/sys/bus/pci/devices/{bdf}/driver"], check=False).stdout == ""
+    finally:
+        host.close()
