@@ -145,6 +145,18 @@ def _first(seqs: Sequence[object]) -> str:
     return ", ".join(str(s) for s in seqs[:8]) + (" ..." if len(seqs) > 8 else "")
 
 
+def _ring_problems(report: dict[str, Any], future: str) -> list[str]:
+    """What a DMA ring's verdict (lost, torn, future records) says is wrong."""
+    problems = []
+    if report.get("lost"):
+        problems.append(f"{report['lost']} DMA record(s) lost after migration (seq {_first(report['lost_seqs'])})")
+    if report.get("torn"):
+        problems.append(f"{report['torn']} torn DMA record(s) (slot {_first(report['torn_slots'])})")
+    if report.get("future"):
+        problems.append(f"{report['future']} DMA record(s) {future} (seq {_first(report['future_seqs'])})")
+    return problems
+
+
 def check_records(where: str, report: dict[str, Any]) -> None:
     """Every DMA record the device says it wrote is in guest RAM, whole, in order,
     and none was written while the device was stopped."""
@@ -152,13 +164,8 @@ def check_records(where: str, report: dict[str, Any]) -> None:
     problems = []
     if not report.get("expected"):
         problems.append("no DMA records were written at all")
-    if report.get("lost"):
-        problems.append(f"{report['lost']} DMA record(s) lost after migration (seq {_first(report['lost_seqs'])})")
-    if report.get("torn"):
-        problems.append(f"{report['torn']} torn DMA record(s) (slot {_first(report['torn_slots'])})")
-    if report.get("future"):
-        problems.append(f"{report['future']} DMA record(s) newer than the device's own sequence number: "
-                        f"its state is older than the guest RAM it wrote (seq {_first(report['future_seqs'])})")
+    problems += _ring_problems(report, "newer than the device's own sequence number: its state is older "
+                               "than the guest RAM it wrote")
     if report.get("stopped"):
         problems.append(f"{report['stopped']} DMA record(s) written while the device was stopped "
                         f"(seq {_first(report['stopped_seqs'])})")
@@ -207,12 +214,7 @@ def check_edu(where: str, report: dict[str, Any]) -> None:
     problems = []
     if not report.get("done"):
         problems.append("the device copied no record at all")
-    if report.get("lost"):
-        problems.append(f"{report['lost']} DMA record(s) lost after migration (seq {_first(report['lost_seqs'])})")
-    if report.get("torn"):
-        problems.append(f"{report['torn']} torn DMA record(s) (slot {_first(report['torn_slots'])})")
-    if report.get("future"):
-        problems.append(f"{report['future']} DMA record(s) the guest never issued (seq {_first(report['future_seqs'])})")
+    problems += _ring_problems(report, "the guest never issued")
     if report.get("foreign"):
         problems.append(f"{report['foreign']} DMA record(s) in the wrong slot")
     source = report.get("source") or {}
