@@ -9,9 +9,11 @@ QEMU checks them when ``migrate`` is issued.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from qmp_mig import fsm
 from qmp_mig.checks import check_equal, check_walk
+from qmp_mig.config import DeviceConfig
 from qmp_mig.qmp import QmpError
 from qmp_mig.scenario import MigrationTest
 
@@ -22,10 +24,12 @@ class Refusals(MigrationTest):
     """
 
     def refused(self, name: str, options: dict[str, str], capabilities: dict[str, bool],
-                expected: str) -> None:
-        """``migrate`` from a VM whose devices have ``options`` fails with exactly
-        ``expected`` (``{device}`` stands for each device's kernel name)."""
-        specs = [dataclasses.replace(d, options={**d.options, **options}) for d in self.config.devices]
+                expected: str, devices: Sequence[DeviceConfig] | None = None) -> None:
+        """``migrate`` from a VM whose devices (default: the configuration's) have
+        ``options`` fails with exactly ``expected`` (``{device}`` stands for each
+        device's kernel name)."""
+        devices = self.config.devices if devices is None else devices
+        specs = [dataclasses.replace(d, options={**d.options, **options}) for d in devices]
         vm, _ = self.bed.launch(name, specs=specs)
         reasons = [expected.format(device=a.device.kernel_name) for a in vm.devices]
         if capabilities:
@@ -59,6 +63,19 @@ class Refusals(MigrationTest):
         """postcopy-ram with a VFIO device: QEMU accepts the capability, refuses the migration."""
         self.refused("postcopy", {}, {"postcopy-ram": True},
                      "{device}: VFIO migration is not supported with postcopy migration")
+
+    def test_blocker_device_without_migration(self) -> None:
+        """A function whose driver has no migration support (an SR-IOV VF on plain
+        vfio-pci: the [unmigratable_device] entry) blocks migration.
+
+        :avocado: tags=unmigratable,instances:1
+        """
+        device = self.config.unmigratable_device
+        if device is None:
+            self.cancel("not run: the host configuration names no [unmigratable_device] "
+                        "(a function whose driver cannot migrate, e.g. a VF on vfio-pci)")
+            return
+        self.refused("unmigratable", {}, {}, "{device}: VFIO migration is not supported in kernel", [device])
 
     def test_destination_refuses_stream(self) -> None:
         """A destination whose device is another type fails to load the device state;

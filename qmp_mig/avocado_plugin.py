@@ -130,7 +130,8 @@ def _variant_values(config: dict[str, Any], key: str) -> list[Any]:
 def instance_needs(references: Iterable[str]) -> dict[str, Need]:
     """How many instances of a device kind each test holds at once, from its tags
     (``:avocado: tags=instances:N``; 2 without: a source and a destination), and
-    whether the kind is the [test_device] (tag ``device``) or the [[device]] entries."""
+    which table names the kind: [test_device] (tag ``device``), [unmigratable_device]
+    (tag ``unmigratable``), else the [[device]] entries."""
     from avocado.core.resolver import resolve
 
     needs = {}
@@ -139,7 +140,9 @@ def instance_needs(references: Iterable[str]) -> dict[str, Need]:
             tags = runnable.tags or {}
             counts = [int(v) for v in tags.get("instances") or () if str(v).isdigit()]
             name = str(runnable.uri).rsplit("/", 1)[-1]
-            needs[name] = Need(max(counts, default=DEFAULT_NEED), "device" in tags)
+            table = ("test_device" if "device" in tags else
+                     "unmigratable_device" if "unmigratable" in tags else "device")
+            needs[name] = Need(max(counts, default=DEFAULT_NEED), table)
     return needs
 
 

@@ -117,6 +117,9 @@ class Config:
     # Our own test device (devices/qmigdev) where the host has it loaded: the DMA,
     # P2P, reset and fault-detection tests use it; without it they are skipped.
     test_device: DeviceConfig | None = None
+    # A function whose driver cannot migrate (an SR-IOV VF on plain vfio-pci): the
+    # refusal scenario checks QEMU blocks migration with it, in QEMU's words.
+    unmigratable_device: DeviceConfig | None = None
     # [checks] require: the optional checks (OPTIONAL_CHECKS) a test must run, or fail;
     # None: every one the host offers (qmp-mig check measures it).
     require: tuple[str, ...] | None = None
@@ -326,6 +329,8 @@ class _File(_Table):
         "one or more [[device]] tables (double brackets), each naming a VFIO device"))
     workload: _Workload | None = Field(None, description="a table of guest agent sizes")
     test_device: _Device | None = Field(None, description="a table naming the qmigdev test device")
+    unmigratable_device: _Device | None = Field(
+        None, description="a table naming a device whose driver has no migration support")
     checks: _Checks | None = Field(None, description="a table with require = [...]")
 
 
@@ -337,6 +342,7 @@ _TABLES: dict[str, tuple[type[_Table], str]] = {
     "device": (_Device, "[[device]]"),
     "workload": (_Workload, "[workload]"),
     "test_device": (_Device, "[test_device]"),
+    "unmigratable_device": (_Device, "[unmigratable_device]"),
     "checks": (_Checks, "[checks]"),
 }
 
@@ -451,6 +457,7 @@ def load(path: str | Path) -> Config:
         devices=tuple(_device(d) for d in file.device),
         workload=_built(WorkloadConfig, file.workload),
         test_device=_device(file.test_device) if file.test_device else None,
+        unmigratable_device=_device(file.unmigratable_device) if file.unmigratable_device else None,
         require=_required(file.checks),
     )
 

@@ -35,7 +35,7 @@ class KernelView:
     """What the kernel says about a device (VFIO_DEVICE_FEATURE)."""
 
     flags: Flag
-    state: State
+    state: State | None  # None: the driver has no migration support (no flags either)
 
 
 class VfioDevice(ABC):
@@ -72,7 +72,8 @@ class VfioDevice(ABC):
             ) from None
         if "error" in answer:
             raise DeviceError(f"{self.name}: migration probe failed: {answer['error']}")
-        return KernelView(Flag(answer["flags"]), State(answer["state"]))
+        state = answer["state"]
+        return KernelView(Flag(answer["flags"]), None if state is None else State(state))
 
     def qemu_args(self, device_id: str) -> list[str]:
         props = {"id": device_id, "sysfsdev": self.sysfs_path, **BASE_VFIO_OPTIONS, **self.options}

@@ -123,6 +123,9 @@ def pci_functions() -> list[str]:
     return args
 
 
+IGB_PF = f"0000:{EDU_FUNCTIONS + 1:02x}:00.0"  # behind the root port after the edu functions
+
+
 def edu_functions() -> list[str]:
     """The edu functions' addresses in the lab (bus N behind root port N)."""
     return [f"0000:{number:02x}:00.0" for number in range(1, EDU_FUNCTIONS + 1)]
@@ -329,6 +332,15 @@ bdf = [{", ".join(f'"{bdf}"' for bdf in edu_functions())}]
 bind = "qmigpci"
 expect_flags = "STOP_COPY|P2P|PRE_COPY"
 options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
+
+# The igb NIC's SR-IOV VFs lent to plain vfio-pci, which cannot migrate them: QEMU
+# must refuse to migrate a VM that has one (the refusal scenario), and each VF goes
+# back to igbvf afterwards.
+[unmigratable_device]
+kind = "pci"
+pf = "{IGB_PF}"
+vfs = "0-1"
+bind = "vfio-pci"
 
 # Our own test device (devices/qmigdev, built into the lab image): DMA and P2P
 # engines, reset, and fault knobs. The device tests and the detection suite use it.

@@ -113,16 +113,17 @@ DEFAULT_NEED = 2  # a source and a destination
 
 @dataclass(frozen=True)
 class Need:
-    """What one test holds at once: ``instances`` of each device kind it uses, of the
-    [test_device] (``test_device``) or of every [[device]] entry."""
+    """What one test holds at once: ``instances`` of each device kind it uses, from
+    the configuration's ``table``: "device" (every [[device]] entry), "test_device"
+    or "unmigratable_device"."""
 
     instances: int
-    test_device: bool = False
+    table: str = "device"
 
 
-def shortfalls(size: int | None, needs: Mapping[str, Need], test_device: bool) -> list[str]:
+def shortfalls(size: int | None, needs: Mapping[str, Need], table: str) -> list[str]:
     """The tests that need more instances of an entry of ``size`` at once than it has."""
     if size is None:
         return []
     return [f"{test} needs {need.instances}" for test, need in sorted(needs.items())
-            if need.test_device == test_device and need.instances > size]
+            if need.table == table and need.instances > size]

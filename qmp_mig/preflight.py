@@ -90,10 +90,14 @@ def check(config_path: Path, connect: Callable[[Config], Host], needs: Mapping[s
         _vfio(result, host, config)
         for index, spec in enumerate(config.devices):
             _device(result, host, f"[[device]] #{index + 1}", spec)
-            _pool(result, host, f"[[device]] #{index + 1}", spec, needs or {}, test_device=False)
+            _pool(result, host, f"[[device]] #{index + 1}", spec, needs or {}, "device")
         if config.test_device is not None:
             _device(result, host, "[test_device]", config.test_device)
-            _pool(result, host, "[test_device]", config.test_device, needs or {}, test_device=True)
+            _pool(result, host, "[test_device]", config.test_device, needs or {}, "test_device")
+        if config.unmigratable_device is not None:
+            _device(result, host, "[unmigratable_device]", config.unmigratable_device, migratable=False)
+            _pool(result, host, "[unmigratable_device]", config.unmigratable_device, needs or {},
+                  "unmigratable_device")
         _guest(result, host, config)
         _workdir(result, host, config)
         _kernel_probes(result, host)
@@ -136,7 +140,8 @@ def _vfio(result: Preflight, host: Host, config: Config) -> None:
                f"/dev/vfio/vfio {'present' if container else 'absent'}, vfio_iommu_type1 "
                f"{'loaded' if type1 else 'not loaded'}", container and type1,
                "modprobe vfio vfio_iommu_type1 vfio-pci")
-    if any(d.kind == "pci" for d in (*config.devices, *([config.test_device] if config.test_device else []))):
+    if any(d is not None and d.kind == "pci"
+           for d in (*config.devices, config.test_device, config.unmigratable_device)):
         units = host.run(["ls", "/sys/class/iommu"], check=False).stdout.split()
         groups = host.run(["ls", "/sys/kernel/iommu_groups"], check=False).stdout.split()
         result.add("IOMMU", f"units: {', '.join(units) or 'none'}; {len(groups)} groups", bool(units and groups),
@@ -156,7 +161,7 @@ def _instance(host: Host, spec: DeviceConfig, bdf: str) -> Iterator[VfioDevice]:
         yield PciDevice(host, bdf)
 
 
-def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig) -> None:
+def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig, migratable: bool = True) -> None:
     bdf = ""
     if spec.kind == "mdev":
         types = f"/sys/class/mdev_bus/{spec.parent}/mdev_supported_types"
@@ -188,6 +193,10 @@ def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig) -> No
     except (DeviceError, HostError) as exc:
         result.add(f"{where} migration flags", str(exc), False, "the device must not be in use")
         return
+    if not migratable:  # the refusal scenario needs a function QEMU cannot migrate
+        result.add(f"{where} migration flags", flags.describe(), not flags,
+                   "this entry must name a function whose driver has no migration support")
+        return
     expected = spec.expect_flags
     result.add(f"{where} migration flags", flags.describe(),
                bool(flags) and (expected is None or flags == expected),
@@ -196,16 +205,16 @@ def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig) -> No
 
 
 def _pool(result: Preflight, host: Host, where: str, spec: DeviceConfig, needs: Mapping[str, Need],
-          test_device: bool) -> None:
+          table: str) -> None:
     """The entry has as many instances as the tests to run hold at once."""
     try:
         size = len(pci_functions(host, spec)) if spec.kind == "pci" else spec.count
     except DeviceError:
         return  # its own row says why
-    mine = [n.instances for n in needs.values() if n.test_device == test_device]
+    mine = [n.instances for n in needs.values() if n.table == table]
     if size is None or not mine:
         return
-    short = shortfalls(size, needs, test_device)
+    short = shortfalls(size, needs, table)
     result.add(f"{where} pool", f"{size} instance{'s' if size != 1 else ''}; "
                + (f"too few: {'; '.join(short)} at once" if short else f"the tests hold up to {max(mine)} at once"),
                not short, f"give the entry at least {max(mine)} instances (more bdf, vfs or count)")

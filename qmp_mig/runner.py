@@ -58,6 +58,7 @@ _DEFAULT_SCENARIOS = (
     "avocado_tests/test_refusals.py:Refusals.test_blocker_enable_migration_off",
     "avocado_tests/test_refusals.py:Refusals.test_blocker_no_dirty_tracking",
     "avocado_tests/test_refusals.py:Refusals.test_postcopy_refused",
+    "avocado_tests/test_refusals.py:Refusals.test_blocker_device_without_migration",
     "avocado_tests/test_device.py:DeviceMigration.test_dma_and_p2p_load",
     "avocado_tests/test_device.py:DeviceMigration.test_flag_walks",
 )

@@ -119,8 +119,11 @@ class Testbed:
     def _pool(self, spec: DeviceConfig) -> DevicePool:
         key = pool_key(spec)
         if key not in self._pools:
-            label = next((f"[[device]] #{i + 1}" for i, d in enumerate(self.config.devices)
-                          if pool_key(d) == key), "[test_device]")
+            labels: list[tuple[str, DeviceConfig | None]] = [
+                (f"[[device]] #{i + 1}", d) for i, d in enumerate(self.config.devices)]
+            labels += [("[test_device]", self.config.test_device),
+                       ("[unmigratable_device]", self.config.unmigratable_device)]
+            label = next((name for name, d in labels if d is not None and pool_key(d) == key), "a device entry")
             members = pci_functions(self.host, spec) if spec.kind == "pci" else None
             self._pools[key] = DevicePool(spec, label, members)
         return self._pools[key]

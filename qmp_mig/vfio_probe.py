@@ -11,6 +11,7 @@ usage: python3 vfio_probe.py SYSFS_DEVICE_PATH
 """
 
 import ctypes
+import errno
 import json
 import os
 import struct
@@ -55,7 +56,13 @@ def probe(sysfs_path):
         _ioctl(libc, container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)
         device = _ioctl(libc, group_fd, VFIO_GROUP_GET_DEVICE_FD, ctypes.c_char_p(name.encode()))
         fds.append(device)
-        flags = _feature(libc, device, FEATURE_MIGRATION)
+        try:
+            flags = _feature(libc, device, FEATURE_MIGRATION)
+        except OSError as exc:
+            if exc.errno != errno.ENOTTY:
+                raise
+            # The driver has no migration support (plain vfio-pci on most functions).
+            return {"device": name, "group": int(group), "flags": 0, "state": None}
         state = _feature(libc, device, FEATURE_MIG_DEVICE_STATE) & 0xFFFFFFFF
         return {"device": name, "group": int(group), "flags": flags, "state": state}
     finally:

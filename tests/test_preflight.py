@@ -75,7 +75,7 @@ def test_a_bad_configuration_is_every_error_and_nothing_else(tmp_path: Path) -> 
 # --- device pools, against the fake host -------------------------------------------------------
 
 NEEDS = {"Topologies.test_two_devices": Need(4), "VfioMigration.test_migrate": Need(2),
-         "DeviceMigration.test_dma_and_p2p_load": Need(4, test_device=True)}
+         "DeviceMigration.test_dma_and_p2p_load": Need(4, "test_device")}
 
 
 def test_a_pool_smaller_than_a_test_needs_is_refused_naming_the_test() -> None:
@@ -84,7 +84,7 @@ def test_a_pool_smaller_than_a_test_needs_is_refused_naming_the_test() -> None:
         host.add_pci(bdf)
     result = preflight.Preflight()
     preflight._pool(result, host, "[[device]] #1", DeviceConfig(kind="pci", bdfs=("0000:01:00.0", "0000:02:00.0")),
-                    NEEDS, test_device=False)
+                    NEEDS, "device")
     assert [(r.item, r.verdict) for r in result.rows] == [("[[device]] #1 pool", preflight.FAIL)]
     assert result.rows[0].found == "2 instances; too few: Topologies.test_two_devices needs 4 at once"
     assert "at least 4" in result.rows[0].todo
@@ -94,9 +94,9 @@ def test_a_pool_as_large_as_the_tests_need_passes_and_an_unbounded_mdev_says_not
     host = FakeHost()
     result = preflight.Preflight()
     preflight._pool(result, host, "[test_device]", DeviceConfig(kind="mdev", parent="q", type="t", count=4),
-                    NEEDS, test_device=True)
+                    NEEDS, "test_device")
     preflight._pool(result, host, "[[device]] #1", DeviceConfig(kind="mdev", parent="q", type="t"),
-                    NEEDS, test_device=False)
+                    NEEDS, "device")
     assert [(r.item, r.verdict, r.found) for r in result.rows] == [
         ("[test_device] pool", preflight.PASS, "4 instances; the tests hold up to 4 at once")]
 
@@ -134,4 +134,4 @@ def test_needs_come_from_the_tests_own_tags() -> None:
     needs = instance_needs([str(REPO / "avocado_tests/test_topologies.py"), str(REPO / "avocado_tests/test_device.py")])
     assert needs["test_topologies.py:Topologies.test_two_devices"] == Need(4)
     assert needs["test_topologies.py:Topologies.test_ping_pong"] == Need(2)
-    assert needs["test_device.py:DeviceMigration.test_flag_walks"] == Need(4, test_device=True)
+    assert needs["test_device.py:DeviceMigration.test_flag_walks"] == Need(4, "test_device")
