@@ -317,3 +317,10 @@ def test_pools_load_as_lists(tmp_path: Path) -> None:
     assert config.devices[1].vfs == (2, 3, 4) and config.devices[1].bind == "vfio-pci"
     config = load(write(tmp_path, GOOD.replace('bdf = "0000:3b:00.1"', 'bdf = ["0000:3b:00.1", "0000:3b:00.2"]')))
     assert config.devices[1].bdfs == ("0000:3b:00.1", "0000:3b:00.2")
+
+
+def test_an_unmigratable_device_is_its_own_table(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD + '[unmigratable_device]\nkind = "pci"\npf = "0000:05:00.0"\nvfs = "0-1"\n'
+                                         'bind = "vfio-pci"\n'))
+    assert config.unmigratable_device == DeviceConfig(kind="pci", pf="0000:05:00.0", vfs=(0, 1), bind="vfio-pci")
+    assert config.devices[1].bdfs == ("0000:3b:00.1",)  # not one of the [[device]] entries

@@ -69,6 +69,19 @@ def test_command_for_a_part_with_variants(tmp_path: Path) -> None:
     ]
 
 
+def test_a_kind_file_goes_after_the_matrix_and_every_suite_names_real_files(tmp_path: Path) -> None:
+    part = Part(("avocado_tests/test_vfio_migration.py",),
+                ("avocado_tests/variants/default.yaml", "avocado_tests/variants/pci.yaml"))
+    command = avocado_command(part, tmp_path, tmp_path / "host.toml")
+    assert command[-3:] == ["-m", str(REPO / "avocado_tests/variants/default.yaml"),
+                            str(REPO / "avocado_tests/variants/pci.yaml")]
+    for suite in SUITES:
+        assert unresolved(suite) == [], suite
+    # Each scenario of `full` runs on both device kinds.
+    kinds = {variants[-1].rsplit("/", 1)[-1] for part in SUITES["full"] for variants in [part.variants]}
+    assert {"mdev.yaml", "pci.yaml"} <= kinds
+
+
 def test_command_for_a_part_without_variants(tmp_path: Path) -> None:
     config = tmp_path / "host.toml"
     tests = ("avocado_tests/test_failures.py:Failures.test_cancel_active", "avocado_tests/test_reset.py")
