@@ -38,6 +38,7 @@ class Part:
 
     tests: tuple[str, ...]
     variants: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()  # variant paths not run (--mux-filter-out)
 
 
 _VARIANTS = "avocado_tests/variants"
@@ -81,14 +82,18 @@ SUITES: dict[str, tuple[Part, ...]] = {
     "nightly": (
         Part((_MATRIX,), (f"{_VARIANTS}/nightly.yaml", _MDEV)),
         Part((*_SCENARIOS, *_DEVICE_SCENARIOS), (f"{_VARIANTS}/nightly-scenarios.yaml", _MDEV)),
-        Part((_MATRIX, *_SCENARIOS), (f"{_VARIANTS}/nightly-scenarios.yaml", _PCI)),
+        Part(_SCENARIOS, (f"{_VARIANTS}/nightly-scenarios.yaml", _PCI)),
+        Part((_MATRIX,), (_PCI,)),
     ),
     # Every scenario once and the small matrix: what `default` is where guests run fast
     # (a real KVM host, or the lab with QMP_MIG_GUEST_ACCEL=kvm).
     "full": (
         Part((_MATRIX,), (f"{_VARIANTS}/full.yaml", _MDEV)),
         Part((*_SCENARIOS, *_DEVICE_SCENARIOS), (_MDEV,)),
-        Part((_MATRIX, *_SCENARIOS), (_PCI,)),
+        # A 20 ms downtime limit cannot hold on the PCI kind here: the whole RAM moves
+        # while the VM is stopped (see variants/pci.yaml).
+        Part((_MATRIX,), (f"{_VARIANTS}/full.yaml", _PCI), left_out=("/run/options/low-downtime",)),
+        Part(_SCENARIOS, (_PCI,)),
     ),
     # Every injected driver bug must be caught by some check; prints the detection table.
     "detection": (Part(("avocado_tests/test_detection.py",)),),
@@ -111,6 +116,8 @@ def avocado_command(part: Part, results: Path, config: Path) -> list[str]:
         "--qmp-mig-no-preflight",  # qmp-mig run checks the host once, before the first job
     ]
     command += [str(REPO / test) for test in part.tests]
+    if part.left_out:
+        command += ["--mux-filter-out", *part.left_out]
     if part.variants:  # last: -m takes every argument after it as a YAML file
         command += ["-m", *(str(REPO / variants) for variants in part.variants)]
     return command
