@@ -209,7 +209,13 @@ def cmd_check(args: argparse.Namespace, stop: Stop) -> int:
 def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
     """Figures for the configured host (the lab unless --config names one)."""
     with _configured_host(args, stop) as config:
-        benchmark.run(load_config(config), Path(args.results).resolve(), console)
+        loaded = load_config(config)
+        kinds = [d.kind for d in loaded.devices]
+        kind = args.device_kind or ("mdev" if "mdev" in kinds else kinds[0])
+        if kind not in kinds:
+            raise ConfigError(f"{config}: no [[device]] of kind {kind!r} to benchmark (it has: {', '.join(kinds)})")
+        say(f"benchmarking the [[device]] entries of kind {kind}")
+        benchmark.run(loaded.of_kind(kind), Path(args.results).resolve(), console)
     return 0
 
 
@@ -268,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="print cold boot, ready-guest, migration and suite figures")
     p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
     p.add_argument("--results", default="results", help="where `run` left its results")
+    p.add_argument("--device-kind", choices=("mdev", "pci"),
+                   help="which [[device]] entries the VMs get (default: mdev if the host has one)")
     p.set_defaults(func=cmd_bench)
     return top
 

@@ -13,6 +13,7 @@ turns the checked tables into the frozen dataclasses the rest of the suite uses.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import re
@@ -123,6 +124,10 @@ class Config:
     # [checks] require: the optional checks (OPTIONAL_CHECKS) a test must run, or fail;
     # None: every one the host offers (qmp-mig check measures it).
     require: tuple[str, ...] | None = None
+
+    def of_kind(self, kind: str) -> Config:
+        """The same host with only its [[device]] entries of ``kind`` ("mdev", "pci")."""
+        return dataclasses.replace(self, devices=tuple(d for d in self.devices if d.kind == kind))
 
 
 # Checks that depend on what the host offers, by the names [checks] require uses.

@@ -89,11 +89,10 @@ class MigrationTest(Test):
         config = configuration.load(path)
         kind = self.params.get("device_kind", default=None)
         if kind:  # the variant picks one kind of the configuration's [[device]] entries
-            chosen = tuple(d for d in config.devices if d.kind == kind)
-            if not chosen:
+            config = config.of_kind(kind)
+            if not config.devices:
                 self.cancel(f"not run: the host configuration names no [[device]] of kind {kind!r} "
                             f"(this variant runs the scenario on that kind)")
-            config = dataclasses.replace(config, devices=chosen)
         options = {k: str(v) for k, v in _table(self.params, "device_options").items()}
         if options:
             config = dataclasses.replace(config, devices=tuple(

@@ -143,7 +143,7 @@ def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
 def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path) -> None:
     """After a real migration: a wrong expected walk, one corrupted guest page and
     one lost mtty byte each fail with a message naming exactly what differed."""
-    cfg = config.load(lab_config)
+    cfg = config.load(lab_config).of_kind("mdev")  # the mtty
     with Testbed(cfg, tmp_path) as bed:
         source = bed.boot("source")
         pages = MemoryAgent(source.guest).start(
