@@ -77,14 +77,12 @@ class DevicePool:
         """How many instances can be held at once; None: as many as the host makes."""
         return len(self.members) if self.members is not None else self.spec.count
 
-    def take(self, holder: str, instance: str | None = None) -> str | None:
+    def take(self, holder: str) -> str | None:
         """A free PCI address for ``holder`` (None for an mdev: the caller makes one,
-        then registers its name with ``instance``)."""
+        then registers it with :meth:`hold`)."""
         if self.members is None:
             if self.size is not None and len(self.holders) >= self.size:
                 raise self._exhausted(holder)
-            if instance is not None:
-                self.holders[instance] = holder
             return None
         free = [m for m in self.members if m not in self.holders]
         if not free:

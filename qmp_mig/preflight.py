@@ -88,16 +88,13 @@ def check(config_path: Path, connect: Callable[[Config], Host], needs: Mapping[s
         result.add("host", host.name, True)
         _qemu(result, host, config)
         _vfio(result, host, config)
-        for index, spec in enumerate(config.devices):
-            _device(result, host, f"[[device]] #{index + 1}", spec)
-            _pool(result, host, f"[[device]] #{index + 1}", spec, needs or {}, "device")
-        if config.test_device is not None:
-            _device(result, host, "[test_device]", config.test_device)
-            _pool(result, host, "[test_device]", config.test_device, needs or {}, "test_device")
-        if config.unmigratable_device is not None:
-            _device(result, host, "[unmigratable_device]", config.unmigratable_device, migratable=False)
-            _pool(result, host, "[unmigratable_device]", config.unmigratable_device, needs or {},
-                  "unmigratable_device")
+        entries = [(f"[[device]] #{i + 1}", spec, "device") for i, spec in enumerate(config.devices)]
+        entries += [(f"[{table}]", spec, table) for table, spec in (
+            ("test_device", config.test_device), ("unmigratable_device", config.unmigratable_device))
+            if spec is not None]
+        for where, spec, table in entries:
+            size = _device(result, host, where, spec, migratable=table != "unmigratable_device")
+            _pool(result, where, size, needs or {}, table)
         _guest(result, host, config)
         _workdir(result, host, config)
         _kernel_probes(result, host)
@@ -161,56 +158,52 @@ def _instance(host: Host, spec: DeviceConfig, bdf: str) -> Iterator[VfioDevice]:
         yield PciDevice(host, bdf)
 
 
-def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig, migratable: bool = True) -> None:
-    bdf = ""
+def _device(result: Preflight, host: Host, where: str, spec: DeviceConfig, migratable: bool = True) -> int | None:
+    """The entry's rows; returns how many instances it has (None: unbounded or unknown)."""
+    bdf, size = "", spec.count
     if spec.kind == "mdev":
         types = f"/sys/class/mdev_bus/{spec.parent}/mdev_supported_types"
         if not result.add(f"{where} mdev parent", spec.parent, host.exists(types),
                           f"load the driver of mdev parent {spec.parent!r}"):
-            return
+            return None
         free = host.run(["cat", f"{types}/{spec.type}/available_instances"], check=False)
         if not result.add(f"{where} mdev type", f"{spec.type}: {free.stdout.strip() or 'absent'} available",
                           free.returncode == 0 and free.stdout.strip() not in ("", "0"),
                           f"the parent offers: {' '.join(host.run(['ls', types], check=False).stdout.split())}"):
-            return
+            return None
     else:
         try:
             functions = pci_functions(host, spec)
         except DeviceError as exc:
             result.add(f"{where} PCI functions", str(exc), False, "fix pf / vfs, or make the VFs first")
-            return
+            return None
+        size = len(functions)
         if spec.bind and not result.add(f"{where} bind", spec.bind, host.exists(f"/sys/bus/pci/drivers/{spec.bind}"),
                                         f"no driver {spec.bind!r} is loaded on the host: modprobe it"):
-            return
-        if not all([_pci_function(result, host, where, spec, bdf) for bdf in functions]):
-            return
-        if spec.bind:  # its flags are probed by each test, once the function is bound
-            return
+            return size
+        if not all([_pci_function(result, host, where, spec, bdf) for bdf in functions]) or spec.bind:
+            return size  # with bind, each test probes the flags once it has bound the function
         bdf = functions[0]
     try:
         with _instance(host, spec, bdf) as device:
             flags = device.probe().flags
     except (DeviceError, HostError) as exc:
         result.add(f"{where} migration flags", str(exc), False, "the device must not be in use")
-        return
+        return size
     if not migratable:  # the refusal scenario needs a function QEMU cannot migrate
         result.add(f"{where} migration flags", flags.describe(), not flags,
                    "this entry must name a function whose driver has no migration support")
-        return
+        return size
     expected = spec.expect_flags
     result.add(f"{where} migration flags", flags.describe(),
                bool(flags) and (expected is None or flags == expected),
                "the driver reports no VFIO migration support" if not flags else
                f"the configuration expects {expected.describe() if expected else ''}")
+    return size
 
 
-def _pool(result: Preflight, host: Host, where: str, spec: DeviceConfig, needs: Mapping[str, Need],
-          table: str) -> None:
+def _pool(result: Preflight, where: str, size: int | None, needs: Mapping[str, Need], table: str) -> None:
     """The entry has as many instances as the tests to run hold at once."""
-    try:
-        size = len(pci_functions(host, spec)) if spec.kind == "pci" else spec.count
-    except DeviceError:
-        return  # its own row says why
     mine = [n.instances for n in needs.values() if n.table == table]
     if size is None or not mine:
         return

@@ -84,7 +84,7 @@ class Testbed:
         self._pools: dict[tuple[object, ...], DevicePool] = {}
         self._pool_of: dict[int, DevicePool] = {}  # id(device) -> its pool
         self._held: dict[QemuInstance, list[VfioDevice]] = {}  # devices each QEMU holds
-        self._bound: dict[str, str] = {}  # bdf -> the driver it had before we bound it
+        self._bound: set[str] = set()  # functions lent to a driver (the lease says what they had)
         self.host = connect(config)
         self._stack.callback(self.host.close)
         try:  # whatever was made before a failure here is given back at once
@@ -159,7 +159,7 @@ class Testbed:
             raise DeviceError(f"pci {bdf}: the host is using it ({'; '.join(problems)}); not binding it to {to}")
         original = binding.driver(self.host, bdf)
         self._record(f"bind {bdf} {original or binding.NONE}")
-        self._bound[bdf] = original
+        self._bound.add(bdf)
         self._stack.callback(binding.restore, self.host, bdf, original)
         if original != to:
             binding.bind(self.host, bdf, to)

@@ -83,20 +83,19 @@ def test_a_pool_smaller_than_a_test_needs_is_refused_naming_the_test() -> None:
     for bdf in ("0000:01:00.0", "0000:02:00.0"):
         host.add_pci(bdf)
     result = preflight.Preflight()
-    preflight._pool(result, host, "[[device]] #1", DeviceConfig(kind="pci", bdfs=("0000:01:00.0", "0000:02:00.0")),
-                    NEEDS, "device")
+    size = preflight._device(result, host, "[[device]] #1",
+                             DeviceConfig(kind="pci", bdfs=("0000:01:00.0", "0000:02:00.0")))
+    result = preflight.Preflight()
+    preflight._pool(result, "[[device]] #1", size, NEEDS, "device")
     assert [(r.item, r.verdict) for r in result.rows] == [("[[device]] #1 pool", preflight.FAIL)]
     assert result.rows[0].found == "2 instances; too few: Topologies.test_two_devices needs 4 at once"
     assert "at least 4" in result.rows[0].todo
 
 
 def test_a_pool_as_large_as_the_tests_need_passes_and_an_unbounded_mdev_says_nothing() -> None:
-    host = FakeHost()
     result = preflight.Preflight()
-    preflight._pool(result, host, "[test_device]", DeviceConfig(kind="mdev", parent="q", type="t", count=4),
-                    NEEDS, "test_device")
-    preflight._pool(result, host, "[[device]] #1", DeviceConfig(kind="mdev", parent="q", type="t"),
-                    NEEDS, "device")
+    preflight._pool(result, "[test_device]", 4, NEEDS, "test_device")
+    preflight._pool(result, "[[device]] #1", None, NEEDS, "device")  # an mdev type without count
     assert [(r.item, r.verdict, r.found) for r in result.rows] == [
         ("[test_device] pool", preflight.PASS, "4 instances; the tests hold up to 4 at once")]
 
