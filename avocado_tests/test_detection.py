@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The detection suite: each test arms one qmigdev fault (a real driver bug class),
-runs the normal scenario with every check, and passes only if the suite's own
-checks fail with a message naming the symptom. A fault no check catches fails
-its test as a GAP: it is reported, never passed.
+"""The detection suite: each test arms one fault of our test device (a real driver
+bug class; qmigdev and qmigpci have the same knobs), runs the normal scenario with
+every check, and passes only if the suite's own checks fail with a message naming
+the symptom. A fault no check catches fails its test as a GAP: it is reported,
+never passed. The device kind variant picks the driver (mdev: qmigdev, pci: qmigpci).
 
 Each test leaves ``detection.json`` (fault, then every check that failed and its
 message) in its artifacts; ``qmp-mig run --suite detection`` prints them as a table.
@@ -87,8 +88,9 @@ class Detection(DeviceTest):
                     lambda: self.migrate_loaded(arm=on_source("truncate_stream", "1")))
 
     def test_drop_state(self) -> None:
-        """Leaves device memory out of the stream; the destination accepts it (silent loss)."""
-        self.detect("drop_state", r"device memory lost",
+        """Leaves device memory (qmigpci: the edu's DMA buffer) out of the stream; the
+        destination accepts it (silent loss)."""
+        self.detect("drop_state", r"device memory lost|DMA buffer lost",
                     lambda: self.migrate_loaded(arm=on_source("drop_state", "1")))
 
     def test_lie_data_size(self) -> None:
@@ -113,9 +115,11 @@ class Detection(DeviceTest):
                     lambda: self.migrate_loaded(arm=on_source("lie_precopy_info", "zero")))
 
     def test_delay_save(self) -> None:
-        """Sleeps 5 s in the arc into STOP_COPY (a slow save inside the downtime)."""
-        self.detect("delay_save_ms 5000", r"downtime",
-                    lambda: self.migrate_loaded(arm=on_source("delay_save_ms", "5000")))
+        """Sleeps in the arc into STOP_COPY, 5 s longer than the downtime limit (a save
+        too slow for the downtime the VM was promised)."""
+        delay = min(int(self.parameters.get("downtime-limit", 300)) + 5000, 60000)
+        self.detect(f"delay_save_ms {delay}", r"downtime",
+                    lambda: self.migrate_loaded(arm=on_source("delay_save_ms", str(delay))))
 
     def test_stale_state_on_close(self) -> None:
         """Keeps its migration state when closed (the bug of the kernel's mtty sample)."""

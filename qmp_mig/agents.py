@@ -140,5 +140,8 @@ class EduAgent:
     def status(self, bdf: str) -> dict[str, Any]:
         return self._run("status", "--bdf", bdf)
 
+    def stop(self, bdf: str) -> dict[str, Any]:
+        return self._run("stop", "--bdf", bdf)
+
     def verify(self, bdf: str, stop: bool = True) -> dict[str, Any]:
         return self._run("verify", "--bdf", bdf, *(["--stop"] if stop else []))

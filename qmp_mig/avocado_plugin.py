@@ -9,9 +9,12 @@
   configuration, or one that does not load.
 - :class:`QmpMigJob`, before the tests, hands the configuration to them
   (``QMP_MIG_HOST_CONFIG``, inherited by the test processes) and makes each
-  qmp-mig suite run one test at a time (they share the host's devices); after
-  the job it prints our summary table and writes ``report.html`` into the
-  job's directory.
+  qmp-mig suite run one test at a time (they share the host's devices). A job
+  not started by ``qmp-mig run`` is a run of its own: it sweeps what killed
+  runs left, records itself (qmp_mig/leftovers.py) and, after the tests, sweeps
+  what its own killed tests left (QEMUs, mdevs, PCI functions lent to a driver).
+  After the job it prints our summary table and writes ``report.html`` into
+  the job's directory.
 
 Jobs without qmp-mig tests are left alone.
 """
@@ -22,6 +25,7 @@ import ast
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,8 @@ SUMMARY = f"{SECTION}.summary"
 PREFLIGHT = f"{SECTION}.preflight"
 #: What MigrationTest.setUp falls back to when no test parameter names the file.
 HOST_CONFIG_ENV = "QMP_MIG_HOST_CONFIG"
+#: The run the testbeds belong to (qmp_mig.testbed.run_id); qmp-mig run sets it.
+RUN_ID_ENV = "QMP_MIG_RUN_ID"
 PARALLEL = "run.max_parallel_tasks"
 NO_CONFIGURATION = ("qmp-mig: no host configuration: pass --qmp-mig-config FILE "
                     "(qmp-mig run boots the lab and passes its own)")
@@ -245,8 +251,48 @@ class QmpMigJob(JobPre, JobPost):
             _prepare(suite.config)
         if suites:
             _prepare(job.config)  # as job.log records it
+            self._record_run(suites)
+
+    def _record_run(self, suites: list[Any]) -> None:
+        """Under ``qmp-mig run`` the run is its; else this job is a run of its own."""
+        if os.environ.get(RUN_ID_ENV):
+            return
+        from . import leftovers
+
+        configs: set[str] = set()
+        for suite in suites:
+            try:
+                configs.update(str(Path(c).resolve()) for c in host_configs(suite.config))
+            except Refused:
+                continue  # its tests cancel with the reason; nothing of theirs to sweep
+        if not configs:
+            return
+        leftovers.finish_earlier_runs(LOG_UI.info)
+        run_id = f"avocado-{os.getpid()}-{int(time.time())}"
+        os.environ[RUN_ID_ENV] = run_id  # the testbeds' directories and leases carry it
+        leftovers.record(run_id, [Path(c) for c in sorted(configs)])
+        self._run = (run_id, sorted(configs))
+
+    def _sweep_run(self, job: Any) -> None:
+        """A test that was interrupted (killed at its timeout, or by a signal to the job)
+        may not have cleaned up: sweep what the run's testbeds left. A test that ended
+        on its own has cleaned up in its tearDown."""
+        run = getattr(self, "_run", None)
+        if run is None:
+            return
+        from . import leftovers
+
+        run_id, configs = run
+        tests = job.result.tests if job.result is not None else []
+        interrupted = job.interrupted_reason is not None or any(
+            t.get("status") == "INTERRUPTED" for t in tests)
+        if not interrupted or all(leftovers.sweep_run(Path(c), run_id, 120.0, LOG_UI.info) for c in configs):
+            leftovers.finished(run_id)
+        del self._run
+        os.environ.pop(RUN_ID_ENV, None)
 
     def post(self, job: Any) -> None:
+        self._sweep_run(job)
         if not job.config.get(SUMMARY) or job.logdir is None or job.config.get("run.dry_run.enabled"):
             return
         if not any(_is_qmp_mig_suite(s.config, s.tests or ()) for s in job.test_suites):

@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from .host_loss import host_lost
 from .interrupts import GRACE, Interrupted, Stop, become_subreaper, end_descendants, handle_signals
 from .report import write_run_report
 from .runner import SUITES, RunError, SuiteRun, detection_table, run_suite, summary_table
-from .testbed import connect, sweep
+from .testbed import connect
 
 console = Console(highlight=False)
 
@@ -92,13 +91,13 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
         else:
             booted_here = lab.status() is None
             path = Path(lab.up(say, owned=True).config)
-        _finish_earlier_runs()
+        leftovers.finish_earlier_runs(_plain)
         if args.suite not in SUITES:
             raise RunError(f"unknown suite {args.suite!r}; available: {', '.join(SUITES)}")
         if not _preflight(path, suites=(args.suite,)):
             return 2
         config = path  # from here on there is something to clean up on the host
-        leftovers.record(run_id, config)
+        leftovers.record(run_id, [config])
         run_dir = Path(args.results).resolve() / f"run-{time.strftime('%Y-%m-%dT%H.%M.%S')}-{args.suite}"
         outcome = run_suite(args.suite, config, run_dir, console, run_id)
     except Interrupted:
@@ -146,7 +145,8 @@ def _clean_up(stop: Stop, config: Path | None, run_id: str, booted_here: bool) -
     killed = end_descendants(wait=until(5.0, 30.0))
     if killed:
         say(f"[yellow]killed {len(killed)} test process(es) still running after their job ended[/]")
-    swept = config is None or booted_here or _sweep(config, run_id, timeout=until(GRACE - 1.0, 120.0))
+    swept = config is None or booted_here or leftovers.sweep_run(
+        config, run_id, until(GRACE - 1.0, 120.0), _plain)
     if swept:
         leftovers.finished(run_id)
     else:
@@ -154,15 +154,9 @@ def _clean_up(stop: Stop, config: Path | None, run_id: str, booted_here: bool) -
             f"configuration (run {run_id})[/]")
 
 
-def _finish_earlier_runs() -> None:
-    """Sweep what runs that were killed before their clean-up left on their hosts."""
-    for run_id, config in leftovers.unfinished():
-        if not config.exists():  # the lab it ran in is gone, and everything in it
-            leftovers.finished(run_id)
-            continue
-        say(f"run {run_id} ended before its clean-up; sweeping what it left")
-        if _sweep(config, run_id, timeout=120.0):
-            leftovers.finished(run_id)
+def _plain(text: str) -> None:
+    """``say`` for text that is not rich markup (sweep messages name tables and paths)."""
+    say(f"[yellow]{escape(text)}[/]")
 
 
 def _preflight(config: Path, always: bool = False, suites: tuple[str, ...] = ()) -> bool:
@@ -217,31 +211,6 @@ def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
         say(f"benchmarking the [[device]] entries of kind {kind}")
         benchmark.run(loaded.of_kind(kind), Path(args.results).resolve(), console)
     return 0
-
-
-def _sweep(config: Path, run_id: str, timeout: float) -> bool:
-    """Whatever a test killed too hard to clean up after itself left behind.
-    False if the sweep could not finish within ``timeout``."""
-    outcome: list[BaseException | list[str]] = []
-
-    def sweeping() -> None:
-        try:
-            outcome.append(sweep(load_config(config), run_id))
-        except Exception as exc:  # noqa: BLE001 - reported below; it must not hide the results
-            outcome.append(exc)
-
-    worker = threading.Thread(target=sweeping, daemon=True, name="sweep")
-    worker.start()
-    worker.join(timeout)
-    if not outcome:
-        say(f"[red]the sweep of the host did not finish within {timeout:.0f} s[/]")
-        return False
-    if isinstance(outcome[0], BaseException):
-        say(f"[red]could not sweep the host after the run:[/] {escape(str(outcome[0]))}")
-        return False
-    for item in outcome[0]:
-        say(f"[yellow]cleaned up after an interrupted test:[/] {escape(item)}")
-    return True
 
 
 def parser() -> argparse.ArgumentParser:

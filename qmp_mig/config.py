@@ -115,9 +115,10 @@ class Config:
     guest: GuestConfig
     devices: tuple[DeviceConfig, ...]
     workload: WorkloadConfig = WorkloadConfig()
-    # Our own test device (devices/qmigdev) where the host has it loaded: the DMA,
-    # P2P, reset and fault-detection tests use it; without it they are skipped.
-    test_device: DeviceConfig | None = None
+    # Our own test devices where the host has them: qmigdev (an mdev) and qmigpci (a
+    # variant driver on edu functions). The DMA, P2P, reset and fault-detection tests
+    # use the one of the device kind they run on; without it they are cancelled.
+    test_devices: tuple[DeviceConfig, ...] = ()
     # A function whose driver cannot migrate (an SR-IOV VF on plain vfio-pci): the
     # refusal scenario checks QEMU blocks migration with it, in QEMU's words.
     unmigratable_device: DeviceConfig | None = None
@@ -125,9 +126,17 @@ class Config:
     # None: every one the host offers (qmp-mig check measures it).
     require: tuple[str, ...] | None = None
 
+    def test_device_labels(self) -> list[tuple[str, DeviceConfig]]:
+        """Each test device with the name a person gives its table."""
+        if len(self.test_devices) == 1:
+            return [("[test_device]", self.test_devices[0])]
+        return [(f"[[test_device]] #{i + 1}", d) for i, d in enumerate(self.test_devices)]
+
     def of_kind(self, kind: str) -> Config:
-        """The same host with only its [[device]] entries of ``kind`` ("mdev", "pci")."""
-        return dataclasses.replace(self, devices=tuple(d for d in self.devices if d.kind == kind))
+        """The same host with only its [[device]] and [[test_device]] entries of ``kind``
+        ("mdev", "pci")."""
+        return dataclasses.replace(self, devices=tuple(d for d in self.devices if d.kind == kind),
+                                   test_devices=tuple(d for d in self.test_devices if d.kind == kind))
 
 
 # Checks that depend on what the host offers, by the names [checks] require uses.
@@ -333,10 +342,21 @@ class _File(_Table):
     device: list[_Device] = Field(min_length=1, description=(
         "one or more [[device]] tables (double brackets), each naming a VFIO device"))
     workload: _Workload | None = Field(None, description="a table of guest agent sizes")
-    test_device: _Device | None = Field(None, description="a table naming the qmigdev test device")
+    test_device: list[_Device] | None = Field(None, description=(
+        "a [test_device] table, or [[test_device]] tables (one per kind), naming our own test "
+        "devices (qmigdev, qmigpci)"))
     unmigratable_device: _Device | None = Field(
         None, description="a table naming a device whose driver has no migration support")
     checks: _Checks | None = Field(None, description="a table with require = [...]")
+
+    @field_validator("test_device")
+    @classmethod
+    def _one_per_kind(cls, tables: list[_Device] | None) -> list[_Device] | None:
+        kinds = [t.kind for t in tables or ()]
+        for kind in kinds:
+            if kinds.count(kind) > 1:
+                raise PydanticCustomError("one_per_kind", "two of kind {kind}", {"kind": kind})
+        return tables
 
 
 # Each top-level key: the table's model and how a person writes its name.
@@ -373,7 +393,7 @@ def _key(name: object) -> str:
     return str(name) if re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) else repr(name)
 
 
-def _sentence(where: str, error: ErrorDetails) -> str:
+def _sentence(where: str, error: ErrorDetails, single: bool = False) -> str:
     kind, loc, found = error["type"], error["loc"], error["input"]
     ctx = error.get("ctx") or {}
     top = str(loc[0])
@@ -387,6 +407,10 @@ def _sentence(where: str, error: ErrorDetails) -> str:
     rest = loc[1:]
     if top == "device" and rest:
         table, rest = f"[[device]] #{int(rest[0]) + 1}", rest[1:]
+    elif top == "test_device" and rest and isinstance(rest[0], int):
+        # One [test_device] table is read as a list of one.
+        table = "[test_device]" if single else f"[[test_device]] #{rest[0] + 1}"
+        rest = rest[1:]
     if not rest:  # the table itself
         subject, expected = table, _File.model_fields[top].description
     else:
@@ -407,6 +431,8 @@ def _sentence(where: str, error: ErrorDetails) -> str:
         "vf_pool": "pf and vfs go together: the VF numbers of that physical function",
         "vf_range": "the range runs backwards; expected FIRST-LAST with FIRST <= LAST",
     }
+    if kind == "one_per_kind":
+        return f"{where}: [[test_device]]: two tables of kind {ctx['kind']!r}; expected one per kind"
     if kind in pool_words:
         return f"{where}: {subject if rest else table}: {pool_words[kind]}"
     if kind == "needed" and found is None:
@@ -449,10 +475,13 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{where}: not valid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    single = isinstance(data.get("test_device"), dict)
+    if single:  # [test_device] (one table) or [[test_device]] (one per kind)
+        data["test_device"] = [data["test_device"]]
     try:
         file = _File.model_validate(data)
     except ValidationError as exc:
-        lines = dict.fromkeys(_sentence(where, e) for e in exc.errors(include_url=False))
+        lines = dict.fromkeys(_sentence(where, e, single) for e in exc.errors(include_url=False))
         raise ConfigError("\n".join(lines)) from None
     return Config(
         path=path,
@@ -461,7 +490,7 @@ def load(path: str | Path) -> Config:
         guest=_built(GuestConfig, file.guest),
         devices=tuple(_device(d) for d in file.device),
         workload=_built(WorkloadConfig, file.workload),
-        test_device=_device(file.test_device) if file.test_device else None,
+        test_devices=tuple(_device(d) for d in file.test_device or ()),
         unmigratable_device=_device(file.unmigratable_device) if file.unmigratable_device else None,
         require=_required(file.checks),
     )

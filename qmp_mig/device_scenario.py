@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Scenarios with our own test device (qmigdev): DMA and P2P load that the guest
-verifies record by record, and the device's own account read from the host.
+"""Scenarios with our own test devices: qmigdev (an mdev with DMA and P2P engines)
+and qmigpci (our variant driver on the lab's edu functions). The guest puts DMA
+load on them and verifies it record by record; the device's own account (state,
+arcs, counters, the same sysfs layout for both) is read from the host.
 
 A scenario here is a list of named checks. A normal test stops at the first
 that fails; a detection test (a fault armed) runs them all and reports which
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fsm
-from .agents import QmigdevAgent
+from .agents import EduAgent, QmigdevAgent
 from .checks import CheckFailed, check_device_memory, check_equal, check_p2p, check_records, check_walk
 from .config import Config, DeviceConfig
 from .fsm import Flag, State
@@ -37,39 +39,51 @@ DOWNTIME_SLACK_MS = 1000
 
 @dataclass
 class DeviceLoad:
-    """What the guest started on its qmigdev functions before the migration."""
+    """What the guest started on its test-device functions before the migration."""
 
     functions: list[str]
     seeds: dict[str, int] = field(default_factory=dict)
     p2p: tuple[str, str] | None = None
+    edu: bool = False  # edu functions (qmigpci): the edu agent's load, verified as a whole
 
 
 class DeviceTest(MigrationTest):
-    """Base of the tests that need the host's ``[test_device]`` (qmigdev)."""
+    """Base of the tests that need one of the host's ``[test_device]`` entries: the
+    one of the variant's device kind (qmigdev for mdev, qmigpci for pci)."""
 
     def missing(self, config: Config) -> str | None:
-        if config.test_device is None:
-            return "the host configuration names no [test_device] (devices/qmigdev)"
+        if not config.test_devices:
+            if self.device_kind:
+                return (f"the host configuration names no [test_device] of kind {self.device_kind!r} "
+                        f"({'devices/qmigpci' if self.device_kind == 'pci' else 'devices/qmigdev'})")
+            return "the host configuration names no [test_device] (devices/qmigdev or devices/qmigpci)"
         return None
+
+    @property
+    def test_spec(self) -> DeviceConfig:
+        """The test device this test runs on: the variant's kind, else the first named."""
+        return self.config.test_devices[0]
 
     # --- devices ----------------------------------------------------------------
 
     def device_specs(self, flags: Flag = FULL, count: int = 2) -> list[DeviceConfig]:
         """``count`` test-device instances that offer exactly ``flags``."""
-        base = self.config.test_device
-        assert base is not None
-        spec = dataclasses.replace(base, attributes={**base.attributes, **flag_attributes(flags)},
+        base = self.test_spec
+        spec = dataclasses.replace(base, attributes={**base.attributes, **flag_attributes(flags, base.kind)},
                                    expect_flags=flags)
         return [spec] * count
 
-    def qmigdevs(self, qemu: QemuInstance) -> list[Qmigdev]:
-        return [Qmigdev(self.bed.host, a.device.sysfs_path) for a in qemu.devices]
+    def device_views(self, qemu: QemuInstance) -> list[Qmigdev]:
+        return [Qmigdev(self.bed.host, a.device.sysfs_path, self.test_spec.kind) for a in qemu.devices]
 
     # --- load ------------------------------------------------------------------------
 
-    def start_device_load(self, vm: RunningVm, p2p: bool = True) -> DeviceLoad:
-        """DMA rings on every function, known device memory, and P2P from the first
-        function into the second."""
+    def start_device_load(self, vm: RunningVm, p2p: bool = True, restart: bool = False) -> DeviceLoad:
+        """qmigdev: DMA rings on every function, known device memory, and P2P from the
+        first function into the second. edu: the edu agent's load on every function
+        (``restart``: stopped and started again, as after a reset)."""
+        if self.test_spec.kind == "pci":
+            return self._start_edu_load(vm, restart)
         agent = QmigdevAgent(vm.guest)
         functions = agent.functions()
         check_equal(vm.qemu.name, "qmigdev functions in the guest", len(vm.qemu.devices), len(functions))
@@ -85,11 +99,34 @@ class DeviceTest(MigrationTest):
                   + (f", P2P {load.p2p[0]} -> {load.p2p[1]}" if load.p2p else ""))
         return load
 
+    def _start_edu_load(self, vm: RunningVm, restart: bool) -> DeviceLoad:
+        """load_guest starts the edu load on every function; start it where it has not
+        been, and again everywhere on ``restart``."""
+        agent = EduAgent(vm.guest)
+        functions = agent.functions()
+        check_equal(vm.qemu.name, "edu functions in the guest", len(vm.qemu.devices), len(functions))
+        for seed, bdf in enumerate(functions, start=1):
+            if bdf in self.edu_loaded and not restart:
+                continue
+            if bdf in self.edu_loaded:
+                agent.stop(bdf)
+            agent.start(bdf, seed)
+            if bdf not in self.edu_loaded:
+                self.edu_loaded.append(bdf)
+        self.mark(vm.qemu.name, f"device load: edu DMA load {'restarted' if restart else 'running'} "
+                  f"on {', '.join(functions)}")
+        return DeviceLoad(functions, edu=True)
+
     def device_flags(self, vm: RunningVm) -> Flag:
         return next(iter(vm.flags.values()))
 
     def verify_device_load(self, vm: RunningVm, load: DeviceLoad, where: str) -> None:
-        """The guest's view: every DMA record, device memory, every P2P write."""
+        """The guest's view: every DMA record, device memory, every P2P write (for the
+        edu: records, registers and its DMA buffer)."""
+        if load.edu:
+            for verdict in self.verified_edu(vm):
+                self.step("edu DMA, registers and buffer", verdict.check, where)
+            return
         agent = QmigdevAgent(vm.guest)
         if load.p2p:
             sender, receiver = load.p2p
@@ -107,7 +144,7 @@ class DeviceTest(MigrationTest):
     def check_device_view(self, qemu: QemuInstance, flags_of: dict[str, Flag]) -> None:
         """The device's own account (sysfs): only FSM arcs, the state QEMU last asked
         for, and nothing done while stopped or quiesced."""
-        for attachment, device in zip(qemu.devices, self.qmigdevs(qemu)):
+        for attachment, device in zip(qemu.devices, self.device_views(qemu)):
             where = f"{qemu.name} {attachment.device_id} (device's view)"
             flags = flags_of[attachment.device_id]
             allowed = fsm.arcs(flags)
@@ -147,7 +184,7 @@ class DeviceTest(MigrationTest):
         self.load_guest(source)
         load = self.start_device_load(source)
         if arm is not None:
-            arm(source, self.qmigdevs(source.qemu))
+            arm(source, self.device_views(source.qemu))
         migration = self.start_migration(source, specs=specs)
         result = self._wait(migration, timeout)
         if not self.step("migration", _check_completed, result):
@@ -159,7 +196,7 @@ class DeviceTest(MigrationTest):
         self.step("downtime", check_downtime, result, self.parameters)
         self.step("VFIO walks", self.check_migrated_walks, source, destination)
         self.verify_device_load(destination, load, "destination")
-        self.step("guest RAM", self.verify_guest, destination, {}, "destination")
+        self.step("guest RAM", self.verify_guest, destination, {}, "destination", False)
         self.check_device_view(source.qemu, source.flags)
         self.check_device_view(destination.qemu, destination.flags)
         self.step("kernel cross-check", self.check_kernel)
@@ -174,7 +211,7 @@ class DeviceTest(MigrationTest):
         boot_walk = {d: source.qemu.vfio_walk(d) for d in source.flags}
         self.load_guest(source)
         self.start_device_load(source)
-        first = self.qmigdevs(source.qemu)[0]
+        first = self.device_views(source.qemu)[0]
         first.arm("fail_arc", "PRE_COPY_P2P->STOP_COPY error once")
         if arm is not None:
             arm(first)
@@ -198,7 +235,7 @@ class DeviceTest(MigrationTest):
         # The reset turned the engines off and cleared their registers: start again.
         restarted = RunningVm(source.qemu, source.guest, source.flags,
                               {d: source.qemu.vfio_walk(d) for d in source.flags})
-        load = self.start_device_load(restarted)
+        load = self.start_device_load(restarted, restart=True)
         destination, _ = self.migrate(restarted, name="recovery-destination", specs=specs)
         self.step("VFIO walks", self.check_migrated_walks, restarted, destination)
         self.verify_device_load(destination, load, "after reset + migration")
@@ -216,7 +253,7 @@ class DeviceTest(MigrationTest):
         load = self.start_device_load(source)
         migration = self.paused_at_switchover(source, "destination", specs=specs)
         failed = migration.destination
-        devices = self.qmigdevs(failed)
+        devices = self.device_views(failed)
         if arm is not None:
             for device in devices:
                 arm(device)

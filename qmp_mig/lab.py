@@ -275,6 +275,12 @@ def _write_config(state: LabState) -> None:
         # Paced: an unpaced rewriter keeps the nested vCPU busy, and every guest
         # command (each SSH login, each agent call) then takes several times longer.
         workload = (8, 1, 4)
+    # The edu functions on qmigpci: a [[device]] pool and our PCI [[test_device]].
+    functions = ", ".join(f'"{bdf}"' for bdf in edu_functions())
+    edu_pool = f"""bdf = [{functions}]
+bind = "qmigpci"
+expect_flags = "STOP_COPY|P2P|PRE_COPY"
+options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}"""
     Path(state.config).write_text(
         f"""# Written by `qmp-mig lab up`: the lab as a host over SSH.
 [host]
@@ -328,10 +334,7 @@ known_issues = {{ "reuse-after-failure" = "mtty keeps its migration state when t
 # given back (unbound) after it. Each QEMU gets its own function of the pool.
 [[device]]
 kind = "pci"
-bdf = [{", ".join(f'"{bdf}"' for bdf in edu_functions())}]
-bind = "qmigpci"
-expect_flags = "STOP_COPY|P2P|PRE_COPY"
-options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
+{edu_pool}
 
 # The igb NIC's SR-IOV VFs lent to plain vfio-pci, which cannot migrate them: QEMU
 # must refuse to migrate a VM that has one (the refusal scenario), and each VF goes
@@ -342,14 +345,21 @@ pf = "{IGB_PF}"
 vfs = "0-1"
 bind = "vfio-pci"
 
-# Our own test device (devices/qmigdev, built into the lab image): DMA and P2P
-# engines, reset, and fault knobs. The device tests and the detection suite use it.
-[test_device]
+# Our own test devices, built into the lab image, with the same fault knobs: the
+# device tests and the detection suite run on the one of their variant's kind.
+# qmigdev (devices/qmigdev): an mdev with DMA and P2P engines.
+[[test_device]]
 kind = "mdev"
 parent = "qmigdev"
 type = "qmigdev-full"
 expect_flags = "STOP_COPY|P2P|PRE_COPY"
 options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
+
+# qmigpci (devices/qmigpci): our vfio-pci variant driver, on the same edu functions
+# as the PCI [[device]] above (a test uses one entry or the other, never both).
+[[test_device]]
+kind = "pci"
+{edu_pool}
 """
     )
 

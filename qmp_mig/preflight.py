@@ -89,9 +89,9 @@ def check(config_path: Path, connect: Callable[[Config], Host], needs: Mapping[s
         _qemu(result, host, config)
         _vfio(result, host, config)
         entries = [(f"[[device]] #{i + 1}", spec, "device") for i, spec in enumerate(config.devices)]
-        entries += [(f"[{table}]", spec, table) for table, spec in (
-            ("test_device", config.test_device), ("unmigratable_device", config.unmigratable_device))
-            if spec is not None]
+        entries += [(label, spec, "test_device") for label, spec in config.test_device_labels()]
+        if config.unmigratable_device is not None:
+            entries.append(("[unmigratable_device]", config.unmigratable_device, "unmigratable_device"))
         for where, spec, table in entries:
             size = _device(result, host, where, spec, migratable=table != "unmigratable_device")
             _pool(result, where, size, needs or {}, table)
@@ -138,7 +138,7 @@ def _vfio(result: Preflight, host: Host, config: Config) -> None:
                f"{'loaded' if type1 else 'not loaded'}", container and type1,
                "modprobe vfio vfio_iommu_type1 vfio-pci")
     if any(d is not None and d.kind == "pci"
-           for d in (*config.devices, config.test_device, config.unmigratable_device)):
+           for d in (*config.devices, *config.test_devices, config.unmigratable_device)):
         units = host.run(["ls", "/sys/class/iommu"], check=False).stdout.split()
         groups = host.run(["ls", "/sys/kernel/iommu_groups"], check=False).stdout.split()
         result.add("IOMMU", f"units: {', '.join(units) or 'none'}; {len(groups)} groups", bool(units and groups),

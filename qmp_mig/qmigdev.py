@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The lab host's view of a qmigdev instance (devices/qmigdev): its migration
-state, the arcs it took, its counters, and its fault knobs, all in sysfs.
+"""The lab host's view of one of our test devices: a qmigdev instance
+(devices/qmigdev, an mdev) or an edu function on qmigpci (devices/qmigpci, a
+vfio-pci variant driver). Both keep their migration state, the arcs they took,
+their counters and their fault knobs in sysfs, with the same layout and names.
 
 This is the device's own account, read from outside the guest and QEMU: a third
 view of the walk next to QEMU's events and the kernel probe, and the only place
@@ -16,6 +18,8 @@ from .fsm import Flag, State
 from .hosts import Host
 
 PARENT = "qmigdev"
+# The sysfs directory (under the device's) of each kind's test device.
+DRIVERS = {"mdev": "qmigdev", "pci": "qmigpci"}
 
 # Each mdev type offers some flags; per instance, P2P and PRE_COPY can be switched
 # off (sysfs enable_p2p / enable_precopy) before a VM opens it.
@@ -44,11 +48,13 @@ MISBEHAVIOUR = {
 }
 
 
-def flag_attributes(flags: Flag) -> dict[str, str]:
-    """sysfs settings that make a qmigdev-full instance offer exactly ``flags``."""
+def flag_attributes(flags: Flag, kind: str = "mdev") -> dict[str, str]:
+    """sysfs settings that make a test device (a qmigdev-full instance, or a
+    qmigpci function at its next open) offer exactly ``flags``."""
+    driver = DRIVERS[kind]
     return {
-        "qmigdev/enable_p2p": "1" if Flag.P2P in flags else "0",
-        "qmigdev/enable_precopy": "1" if Flag.PRE_COPY in flags else "0",
+        f"{driver}/enable_p2p": "1" if Flag.P2P in flags else "0",
+        f"{driver}/enable_precopy": "1" if Flag.PRE_COPY in flags else "0",
     }
 
 
@@ -67,18 +73,20 @@ class QmigdevError(RuntimeError):
 
 
 class Qmigdev:
-    """One qmigdev instance on ``host``, by its device's sysfs path
-    (``/sys/bus/mdev/devices/<uuid>``)."""
+    """One test device on ``host``, by its device's sysfs path
+    (``/sys/bus/mdev/devices/<uuid>``, or ``/sys/bus/pci/devices/<bdf>`` for ``kind``
+    "pci")."""
 
-    def __init__(self, host: Host, sysfs_path: str) -> None:
+    def __init__(self, host: Host, sysfs_path: str, kind: str = "mdev") -> None:
         self.host = host
-        self.uuid = sysfs_path.rstrip("/").rsplit("/", 1)[-1]
-        self.path = f"{sysfs_path}/qmigdev"
+        self.uuid = sysfs_path.rstrip("/").rsplit("/", 1)[-1]  # or the BDF
+        self.driver = DRIVERS[kind]
+        self.path = f"{sysfs_path}/{self.driver}"
 
     def read(self, name: str) -> str:
         result = self.host.run(["cat", f"{self.path}/{name}"], check=False)
         if result.returncode != 0:
-            raise QmigdevError(f"qmigdev {self.uuid}: cannot read {name}: {result.stderr.strip()}")
+            raise QmigdevError(f"{self.driver} {self.uuid}: cannot read {name}: {result.stderr.strip()}")
         return result.stdout.strip()
 
     def write(self, name: str, value: str) -> None:
@@ -89,7 +97,7 @@ class Qmigdev:
         try:
             return State[text.upper()]
         except KeyError:
-            raise QmigdevError(f"qmigdev {self.uuid}: state {text!r} is not a VFIO state") from None
+            raise QmigdevError(f"{self.driver} {self.uuid}: state {text!r} is not a VFIO state") from None
 
     def counters(self) -> dict[str, int]:
         pairs = (line.split() for line in self.read("counters").splitlines())
@@ -106,7 +114,7 @@ class Qmigdev:
 
     def arm(self, knob: str, value: str) -> None:
         if knob not in FAULTS:
-            raise QmigdevError(f"unknown qmigdev fault {knob!r}; expected one of {', '.join(FAULTS)}")
+            raise QmigdevError(f"unknown {self.driver} fault {knob!r}; expected one of {', '.join(FAULTS)}")
         self.write(knob, value)
 
     def misbehaviour(self) -> list[str]:

@@ -47,8 +47,10 @@ _MATRIX = "avocado_tests/test_vfio_migration.py"
 # Scenarios on the [[device]] entries; each runs once per device kind.
 _SCENARIOS = ("avocado_tests/test_failures.py", "avocado_tests/test_topologies.py",
               "avocado_tests/test_refusals.py", "avocado_tests/test_reset.py")
-# Scenarios on our own test device ([test_device]): the kind files do not apply.
+# Scenarios on our own test devices ([test_device]): the kind file picks qmigdev
+# (mdev) or qmigpci (pci).
 _DEVICE_SCENARIOS = ("avocado_tests/test_device.py",)
+_DETECTION = ("avocado_tests/test_detection.py",)
 # The default suite must fit in CI with the lab's guests under nested TCG
 # (about 5 minutes per scenario): one of each kind. The nightly suite runs
 # every scenario and the whole option matrix.
@@ -82,7 +84,7 @@ SUITES: dict[str, tuple[Part, ...]] = {
     "nightly": (
         Part((_MATRIX,), (f"{_VARIANTS}/nightly.yaml", _MDEV)),
         Part((*_SCENARIOS, *_DEVICE_SCENARIOS), (f"{_VARIANTS}/nightly-scenarios.yaml", _MDEV)),
-        Part(_SCENARIOS, (f"{_VARIANTS}/nightly-scenarios.yaml", _PCI)),
+        Part((*_SCENARIOS, *_DEVICE_SCENARIOS), (f"{_VARIANTS}/nightly-scenarios.yaml", _PCI)),
         Part((_MATRIX,), (_PCI,)),
     ),
     # Every scenario once and the small matrix: what `default` is where guests run fast
@@ -93,10 +95,11 @@ SUITES: dict[str, tuple[Part, ...]] = {
         # A 20 ms downtime limit cannot hold on the PCI kind here: the whole RAM moves
         # while the VM is stopped (see variants/pci.yaml).
         Part((_MATRIX,), (f"{_VARIANTS}/full.yaml", _PCI), left_out=("/run/options/low-downtime",)),
-        Part(_SCENARIOS, (_PCI,)),
+        Part((*_SCENARIOS, *_DEVICE_SCENARIOS), (_PCI,)),
     ),
     # Every injected driver bug must be caught by some check; prints the detection table.
-    "detection": (Part(("avocado_tests/test_detection.py",)),),
+    # On both of our drivers: qmigdev (mdev) and qmigpci (a variant driver on PCI functions).
+    "detection": (Part(_DETECTION, (_MDEV,)), Part(_DETECTION, (_PCI,))),
 }
 
 

@@ -56,6 +56,17 @@ from .testbed import KernelCheck, RunningVm, Testbed
 from .timeline import Mark, marks_from_events, marks_from_transcript, write_timeline
 
 
+@dataclass(frozen=True)
+class EduVerdict:
+    """What the guest read back from one edu function after a migration."""
+
+    bdf: str
+    report: dict[str, Any]
+
+    def check(self, where: str) -> None:
+        check_edu(f"{where}: edu {self.bdf}", self.report)
+
+
 @dataclass
 class Finding:
     """A check that failed in collecting mode, and its message."""
@@ -87,12 +98,9 @@ class MigrationTest(Test):
             self.cancel("no host configuration: pass --qmp-mig-config FILE to avocado run "
                         "(qmp-mig run passes the lab's)")
         config = configuration.load(path)
-        kind = self.params.get("device_kind", default=None)
-        if kind:  # the variant picks one kind of the configuration's [[device]] entries
-            config = config.of_kind(kind)
-            if not config.devices:
-                self.cancel(f"not run: the host configuration names no [[device]] of kind {kind!r} "
-                            f"(this variant runs the scenario on that kind)")
+        self.device_kind: str | None = self.params.get("device_kind", default=None)
+        if self.device_kind:  # the variant picks one kind of the configuration's device entries
+            config = config.of_kind(self.device_kind)
         options = {k: str(v) for k, v in _table(self.params, "device_options").items()}
         if options:
             config = dataclasses.replace(config, devices=tuple(
@@ -125,6 +133,9 @@ class MigrationTest(Test):
 
     def missing(self, config: configuration.Config) -> str | None:
         """Why this test cannot run with ``config`` (it is then cancelled), or None."""
+        if self.device_kind and not config.devices:
+            return (f"not run: the host configuration names no [[device]] of kind {self.device_kind!r} "
+                    f"(this variant runs the scenario on that kind)")
         return None
 
     def could_not_run(self, check: str, why: str) -> None:
@@ -265,7 +276,8 @@ class MigrationTest(Test):
         fifo = self.load_guest(source)
         return source, fifo, {d: source.qemu.vfio_walk(d) for d in source.flags}
 
-    def verify_guest(self, vm: RunningVm, fifo: dict[str, bytes], where: str) -> None:
+    def verify_guest(self, vm: RunningVm, fifo: dict[str, bytes], where: str, edu: bool = True) -> None:
+        """The memory agent's pages, every mtty FIFO and (``edu``) every edu load."""
         report = self.memory(vm).verify()
         self.mark(vm.qemu.name, f"memory verified: {report['pages']} pages, {report['rewrites']} "
                   f"rewrites during the run, {report['bad_pages']} bad", failed=report["bad_pages"] > 0)
@@ -277,16 +289,25 @@ class MigrationTest(Test):
             self.mark(vm.qemu.name, f"mtty {key} read back {len(observed)} bytes",
                       failed=observed != fifo.get(key))
             check_bytes(f"{where}: mtty {key}", fifo[key], observed)
+        if edu:
+            for verdict in self.verified_edu(vm):
+                verdict.check(where)
+
+    def verified_edu(self, vm: RunningVm) -> list[EduVerdict]:
+        """Stop the DMA load on every edu function it was started on, and read back
+        what survived (the verdict is the caller's to check)."""
         edu = EduAgent(vm.guest)
         seen = edu.functions()
+        verdicts = []
         for bdf in self.edu_loaded:
             if bdf not in seen:
-                raise CheckFailed(f"{where}: edu {bdf} loaded before migration is gone from the guest")
+                raise CheckFailed(f"{vm.qemu.name}: edu {bdf} loaded before migration is gone from the guest")
             report = edu.verify(bdf)
             (self.artifacts / f"{vm.qemu.name}-edu-{bdf}.json").write_text(json.dumps(report, indent=1))
             self.mark(vm.qemu.name, f"edu {bdf}: {report.get('done')} records copied, {report.get('lost')} lost, "
                       f"{report.get('torn')} torn", failed=bool(report.get("lost") or report.get("torn")))
-            check_edu(f"{where}: edu {bdf}", report)
+            verdicts.append(EduVerdict(bdf, report))
+        return verdicts
 
     def start_migration(self, source: RunningVm, name: str = "destination", *,
                         specs: Sequence[DeviceConfig] | None = None, **overrides: Any) -> Migration:

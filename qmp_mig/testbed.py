@@ -121,7 +121,7 @@ class Testbed:
         if key not in self._pools:
             labels: list[tuple[str, DeviceConfig | None]] = [
                 (f"[[device]] #{i + 1}", d) for i, d in enumerate(self.config.devices)]
-            labels += [("[test_device]", self.config.test_device),
+            labels += [*self.config.test_device_labels(),
                        ("[unmigratable_device]", self.config.unmigratable_device)]
             label = next((name for name, d in labels if d is not None and pool_key(d) == key), "a device entry")
             members = pci_functions(self.host, spec) if spec.kind == "pci" else None

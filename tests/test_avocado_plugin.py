@@ -177,3 +177,46 @@ def test_a_host_that_fails_the_preflight_starts_no_test(tmp_path: Path) -> None:
     assert f"qmp-mig: the host is not ready (qmp-mig check --config {EXAMPLE_CONFIG}); no test started" \
         in run.stderr
     assert not results.exists() or not list(results.glob("job-*/test-results/*"))
+
+
+KILLED = '''
+import os
+import time
+from pathlib import Path
+
+import qmp_mig  # a qmp-mig test
+from avocado import Test
+
+
+class Killed(Test):
+    """Makes a testbed directory with a lease, as a Testbed does, and is killed at its
+    timeout before it can clean up."""
+
+    timeout = 2
+
+    def test_killed(self) -> None:
+        bed = Path({workdir!r}) / f"testbed.{{os.environ['QMP_MIG_RUN_ID']}}.probe"
+        bed.mkdir(parents=True)
+        (bed / "lease").write_text("")
+        time.sleep(60)
+'''
+
+
+def test_a_plain_avocado_job_sweeps_what_its_killed_test_left(tmp_path: Path) -> None:
+    """Outside `qmp-mig run` the job is a run of its own: it records itself and, after a
+    test was interrupted, sweeps that test's testbed from the host; the record goes."""
+    workdir = tmp_path / "host"
+    config = tmp_path / "host.toml"
+    config.write_text(f'[host]\nkind = "local"\nworkdir = "{workdir}"\n'
+                      '[guest]\nkernel = "/k"\ninitrd = "/i"\nkey = "/key"\n'
+                      '[[device]]\nkind = "mdev"\nparent = "mtty"\ntype = "mtty-2"\n')
+    test = tmp_path / "test_killed.py"
+    test.write_text(KILLED.format(workdir=str(workdir)))
+    run = avocado("run", "--job-results-dir", str(tmp_path / "results"), "--qmp-mig-config", str(config),
+                  "--qmp-mig-no-preflight", str(test), QMP_MIG_CACHE=str(tmp_path / "cache"))
+    assert run.returncode != 0, run.stdout + run.stderr  # the test was interrupted
+    assert "INTERRUPTED" in run.stdout, run.stdout
+    swept = [line for line in run.stdout.splitlines() if "cleaned up after an interrupted test: dir" in line]
+    assert swept and "/testbed.avocado-" in swept[0], run.stdout
+    assert list(workdir.iterdir()) == []
+    assert list((tmp_path / "cache" / "runs").iterdir()) == []

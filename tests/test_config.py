@@ -62,7 +62,7 @@ def test_defaults_are_the_dataclasses_and_they_can_be_replaced(tmp_path: Path) -
     config = load(write(tmp_path, GOOD))
     assert config.host.port == 22 and config.host.workdir == "/var/tmp/qmp-mig" and config.host.snapshot_dir == ""
     assert config.vm.accel == "tcg" and config.guest.boot_timeout == 300.0
-    assert config.workload.memory_mb == 64 and config.test_device is None
+    assert config.workload.memory_mb == 64 and config.test_devices == ()
     assert config.devices[1] == DeviceConfig(kind="pci", bdfs=("0000:3b:00.1",))
     changed = dataclasses.replace(config, devices=(dataclasses.replace(config.devices[0], type="mtty-1"),))
     assert changed.devices[0].type == "mtty-1"
@@ -229,13 +229,31 @@ def test_an_unknown_key_lists_the_expected_keys(tmp_path: Path) -> None:
 def test_test_device_is_checked_like_a_device(tmp_path: Path) -> None:
     config = load(write(tmp_path, GOOD + '[test_device]\nkind = "mdev"\nparent = "qmigdev"\ntype = "qmigdev-full"\n'
                         'attributes = { fail_stop_copy = "1" }\n'))
-    assert config.test_device == DeviceConfig(kind="mdev", parent="qmigdev", type="qmigdev-full",
-                                              attributes={"fail_stop_copy": "1"})
+    assert config.test_devices == (DeviceConfig(kind="mdev", parent="qmigdev", type="qmigdev-full",
+                                                attributes={"fail_stop_copy": "1"}),)
     path = write(tmp_path, GOOD + '[test_device]\nkind = "mdev"\ntype = "qmigdev-full"\n')
     assert problems(path) == [
         f"{path}: [test_device] parent: missing, and kind = 'mdev' needs it; "
         "expected an mdev parent name of letters, digits and _ . : - (string)",
     ]
+
+
+QMIGDEV = '[[test_device]]\nkind = "mdev"\nparent = "qmigdev"\ntype = "qmigdev-full"\n'
+QMIGPCI = '[[test_device]]\nkind = "pci"\nbdf = ["0000:01:00.0", "0000:02:00.0"]\nbind = "qmigpci"\n'
+
+
+def test_one_test_device_per_kind(tmp_path: Path) -> None:
+    """[[test_device]] names one entry per kind; a variant of that kind picks it."""
+    config = load(write(tmp_path, GOOD + QMIGDEV + QMIGPCI))
+    assert [d.kind for d in config.test_devices] == ["mdev", "pci"]
+    assert config.of_kind("pci").test_devices == (DeviceConfig(
+        kind="pci", bdfs=("0000:01:00.0", "0000:02:00.0"), bind="qmigpci"),)
+    assert [label for label, _ in config.test_device_labels()] == ["[[test_device]] #1", "[[test_device]] #2"]
+    path = write(tmp_path, GOOD + QMIGDEV + QMIGDEV)
+    assert problems(path) == [f"{path}: [[test_device]]: two tables of kind 'mdev'; expected one per kind"]
+    path = write(tmp_path, GOOD + QMIGDEV + '[[test_device]]\nkind = "pci"\n')
+    assert problems(path) == [f"{path}: [[test_device]] #2: kind = 'pci' needs bdf (an address or a "
+                              "list of them), or pf and vfs"]
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:

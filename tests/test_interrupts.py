@@ -133,7 +133,7 @@ def test_a_run_killed_before_its_clean_up_is_found_by_the_next(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QMP_MIG_CACHE", str(tmp_path))
     config = tmp_path / "host.toml"
-    leftovers.record("mine-1", config)
+    leftovers.record("mine-1", [config])
     assert leftovers.unfinished() == []  # its run (this process) is still running
     # The same record from a process that has ended.
     ended = subprocess.run([sys.executable, "-c", f"""if True:
@@ -141,7 +141,7 @@ def test_a_run_killed_before_its_clean_up_is_found_by_the_next(
         os.environ["QMP_MIG_CACHE"] = {str(tmp_path)!r}
         from pathlib import Path
         from qmp_mig import leftovers
-        leftovers.record("theirs-1", Path({str(config)!r}))"""], check=True)
+        leftovers.record("theirs-1", [Path({str(config)!r})])"""], check=True)
     assert ended.returncode == 0
     assert leftovers.unfinished() == [("theirs-1", config)]
     leftovers.finished("theirs-1")

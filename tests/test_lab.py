@@ -350,8 +350,8 @@ def test_a_killed_run_is_swept_by_the_next(lab_config: Path, tmp_path: Path) -> 
     assert processes_of(str(tmp_path)) == []
     left = leftovers(lab_config)
     assert left["mdev"] and left["workdir"], left  # what only a sweep removes
-    next_run = subprocess.run([sys.executable, "-c", "from qmp_mig.cli import _finish_earlier_runs; "
-                               "_finish_earlier_runs()"], capture_output=True, text=True, timeout=300)
+    next_run = subprocess.run([sys.executable, "-c", "from qmp_mig.leftovers import finish_earlier_runs; "
+                               "finish_earlier_runs(print)"], capture_output=True, text=True, timeout=300)
     print(next_run.stdout)
     assert "ended before its clean-up; sweeping what it left" in next_run.stdout, next_run
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
@@ -411,7 +411,7 @@ def test_absent_test_device_is_cancel_with_its_reason(lab_config: Path, tmp_path
     reason, never WARN or PASS, and nothing is left in the lab."""
     text = lab_config.read_text()
     without = tmp_path / "host.toml"
-    without.write_text(text[:text.index("[test_device]")])
+    without.write_text(text[:text.index("[[test_device]]")])
     results = tmp_path / "results"
     run = subprocess.run([sys.executable, "-m", "avocado", "run", "--job-results-dir", str(results),
                           "--qmp-mig-config", str(without),
@@ -421,7 +421,7 @@ def test_absent_test_device_is_cancel_with_its_reason(lab_config: Path, tmp_path
     (job,) = results.glob("job-*")
     (test,) = json.loads((job / "results.json").read_text())["tests"]
     assert test["status"] == "CANCEL", test
-    assert test["fail_reason"] == "the host configuration names no [test_device] (devices/qmigdev)"
+    assert test["fail_reason"] == "the host configuration names no [test_device] (devices/qmigdev or devices/qmigpci)"
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
 
 

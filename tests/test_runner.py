@@ -77,9 +77,12 @@ def test_a_kind_file_goes_after_the_matrix_and_every_suite_names_real_files(tmp_
                             str(REPO / "avocado_tests/variants/pci.yaml")]
     for suite in SUITES:
         assert unresolved(suite) == [], suite
-    # Each scenario of `full` runs on both device kinds.
-    kinds = {variants[-1].rsplit("/", 1)[-1] for part in SUITES["full"] for variants in [part.variants]}
-    assert {"mdev.yaml", "pci.yaml"} <= kinds
+    # Each scenario of `full`, and each fault of `detection`, runs on both device kinds.
+    for suite in ("full", "detection"):
+        for kind in ("mdev.yaml", "pci.yaml"):
+            tests = {t for part in SUITES[suite] if part.variants[-1].endswith(kind) for t in part.tests}
+            assert "avocado_tests/test_device.py" in tests or suite == "detection"
+            assert "avocado_tests/test_detection.py" in tests or suite == "full"
 
 
 def test_command_for_a_part_without_variants(tmp_path: Path) -> None:

@@ -253,6 +253,7 @@ struct qpci_dev {
 	struct mutex state_lock;		/* see "Locking" at the top */
 	spinlock_t reset_lock;			/* protects deferred_reset */
 	bool deferred_reset;			/* under reset_lock */
+	bool closing;				/* in close_device (READ_ONCE) */
 	enum vfio_device_mig_state state;	/* WRITE_ONCE under state_lock */
 	u32 want_flags;				/* migration flags for the next open */
 	struct qpci_migf *saving_migf;
@@ -578,11 +579,18 @@ static void qpci_drop_files(struct qpci_dev *q)
 static void qpci_mig_reset(struct qpci_dev *q)
 {
 	lockdep_assert_held(&q->state_lock);
+	atomic64_inc(&q->stats.resets);
+	/*
+	 * The stale_state_on_close fault: the resets the core does while the
+	 * device closes are forgotten too (a driver that clears its migration
+	 * state only on VFIO_DEVICE_RESET), or they would hide the fault.
+	 */
+	if (READ_ONCE(q->closing) && q->f.stale_state_on_close)
+		return;
 	qpci_drop_files(q);
 	q->fix_cmd_pending = false;
 	q->fix_irq_pending = false;
 	qpci_set_mstate(q, VFIO_DEVICE_STATE_RUNNING);
-	atomic64_inc(&q->stats.resets);
 }
 
 /*
@@ -1904,8 +1912,13 @@ static void qpci_close_device(struct vfio_device *vdev)
 	q->fix_irq_pending = false;
 	if (!q->f.stale_state_on_close)
 		qpci_set_mstate(q, VFIO_DEVICE_STATE_RUNNING);
+	WRITE_ONCE(q->closing, true);
 	qpci_state_unlock(q);
 	vfio_pci_core_close_device(vdev);
+	/* a reset the core did while the lock was taken runs here, still closing */
+	mutex_lock(&q->state_lock);
+	qpci_state_unlock(q);
+	WRITE_ONCE(q->closing, false);
 }
 
 static long qpci_ioctl(struct vfio_device *vdev, unsigned int cmd,
