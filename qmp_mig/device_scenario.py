@@ -222,8 +222,9 @@ class DeviceTest(MigrationTest):
         device_id = source.qemu.devices[0].device_id
         # QEMU reports the reset as a request of RUNNING, then resumes the VM.
         expected = [State.PRE_COPY, State.PRE_COPY_P2P, State.RUNNING, State.RUNNING_P2P, State.RUNNING]
+        booted = len(boot_walk[device_id])
         self.step("VFIO walks", check_walk, f"{source.qemu.name} {device_id} (failed arc, reset)", expected,
-                  source.qemu.vfio_walk(device_id)[len(boot_walk[device_id]):])
+                  source.qemu.settled_vfio_walk(device_id, booted + len(expected))[booted:])
         state, counters = first.state(), first.counters()
         if not self.step("device state after reset", _expect_state, f"{source.qemu.name} {device_id}",
                          State.RUNNING, state, f"after VFIO_DEVICE_RESET ({counters['resets']} reset(s), "

@@ -20,7 +20,7 @@ from .devices import VfioDevice
 from .fsm import State
 from .hosts import Host, HostProcess, fetch
 from .qemu_trace import TRACE_EVENTS, TraceRecord, parse
-from .qmp import QmpSession
+from .qmp import QmpError, QmpSession
 
 
 class QemuError(RuntimeError):
@@ -215,6 +215,24 @@ class QemuInstance:
             if e.name == "VFIO_MIGRATION" and e.data.get("device-id") == device_id
             and since <= e.time <= until
         ]
+
+    def settled_vfio_walk(self, device_id: str, length: int, timeout: float = 30) -> list[State]:
+        """The device's walk once it holds ``length`` states, or as it is after
+        ``timeout``: QEMU may report a migration's end before the device's last
+        state change (seen with a cut connection: "failed" before the arc back
+        to RUNNING)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = len(self.monitor.events)
+            walk = self.vfio_walk(device_id)
+            left = deadline - time.monotonic()
+            if len(walk) >= length or left <= 0:
+                return walk
+            try:
+                self.monitor.wait_event("VFIO_MIGRATION", timeout=left, since=seen,
+                                        match=lambda e: e.data.get("device-id") == device_id)
+            except (TimeoutError, QmpError):
+                return self.vfio_walk(device_id)  # the caller's check says what is missing
 
     def stderr_tail(self, lines: int = 5) -> str:
         """The last lines QEMU wrote to stderr (read on its host)."""

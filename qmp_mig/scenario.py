@@ -376,9 +376,10 @@ class MigrationTest(Test):
             self.mark(source.qemu.name, f"migration ended {result.status}: {result.error}", kind="note")
             check_equal("failed migration", "status", status, result.status)
         for device_id, flags in source.flags.items():
-            walk = source.qemu.vfio_walk(device_id)[len(boot_walk[device_id]):]
-            check_walk(f"{source.qemu.name} {device_id} (after {status})",
-                       fsm.source_events(flags, outcome) if outcome else [], walk)
+            expected = fsm.source_events(flags, outcome) if outcome else []
+            booted = len(boot_walk[device_id])
+            walk = source.qemu.settled_vfio_walk(device_id, booted + len(expected))[booted:]
+            check_walk(f"{source.qemu.name} {device_id} (after {status})", expected, walk)
         check_equal(f"{source.qemu.name} after {status}", "run state", "running", source.qemu.status())
         agent = self.memory(source).status()
         check_equal(f"{source.qemu.name} after {status}", "memory agent alive", True, agent.get("alive"))

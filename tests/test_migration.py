@@ -5,6 +5,7 @@ a stream the destination refuses), at once, never after sleeping for its timeout
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -159,3 +160,26 @@ def test_no_final_status_within_the_timeout(pair: Pair) -> None:
     with pytest.raises(TimeoutError, match=r"source: no MIGRATION event within 0 s \(last events: .*MIGRATION"):
         migration.wait(timeout=0.3)
     assert 0.3 <= time.monotonic() - started < FAST
+
+
+def test_a_walk_is_read_once_the_device_has_settled(pair: Pair) -> None:
+    """QEMU may say a migration failed before it moves the device back to RUNNING: the
+    walk is read when its last state has come (awaited as an event), or after the
+    timeout as it stands."""
+    source, fake = pair.source, pair.fake_source
+    device_id = source.devices[0].device_id
+
+    def state(name: str) -> None:
+        fake.emit("VFIO_MIGRATION", {"device-id": device_id, "qom-path": f"/machine/peripheral/{device_id}",
+                                     "device-state": name})
+
+    before = len(source.vfio_walk(device_id))
+    state("pre-copy")
+    fake.set_migration("failed", error="Unable to write to socket")
+    threading.Timer(0.3, state, ["running"]).start()
+    started = time.monotonic()
+    walk = source.settled_vfio_walk(device_id, before + 2, timeout=FAST)
+    assert [s.name for s in walk[before:]] == ["PRE_COPY", "RUNNING"]
+    assert time.monotonic() - started < FAST
+    # A state that never comes: the walk as it is, after the timeout.
+    assert len(source.settled_vfio_walk(device_id, before + 3, timeout=0.2)) == before + 2
