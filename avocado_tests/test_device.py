@@ -39,7 +39,8 @@ class DeviceMigration(DeviceTest):
             source, _ = self.bed.launch(f"source-{_short(flags)}", specs=specs)
             source.start()
             destination, _ = self.bed.launch(f"destination-{_short(flags)}", incoming=True, specs=specs)
-            migration = Migration(source, destination, uri=self.bed.migration_uri())
+            migration = Migration(source, destination, uri=self.bed.migration_uri(),
+                                  capabilities=self.capabilities, parameters=self.parameters)
             migration.start()
             result = migration.wait(timeout=300)
             check_equal(f"{flags.describe()} migration", "status", "completed", f"{result.status} {result.error}".strip())
