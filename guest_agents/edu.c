@@ -17,8 +17,11 @@
  *
  * The writer builds record seq = 1, 2, ... in slot (seq-1) % N of ring A,
  * sets "issued", has the device copy it into its buffer at chunk
- * (seq-1) % 64 and from there into the same slot of ring B, and sets
- * "done".  A record is 64 bytes: magic "EREC", slot (u32), seq (u64), the
+ * (seq-1) % 32 and from there into the same slot of ring B, and sets
+ * "done".  The buffer's other 32 chunks get resident records once, at
+ * start, and are never written again: what the device holds there after a
+ * migration is what the migration carried (the writer's chunks are
+ * rewritten within seconds, which would hide a buffer that did not travel).  A record is 64 bytes: magic "EREC", slot (u32), seq (u64), the
  * writer's CLOCK_REALTIME ns (u64), fill[i] = (u8)(seq + i) (36 bytes), and
  * the zlib CRC-32 of bytes 0..59 at offset 60.
  *
@@ -28,14 +31,16 @@
  * (due record missing: zero or an older one), torn (non-zero, bad magic, CRC
  * or fill), future (beyond the one in flight), foreign (a whole record in
  * the wrong slot).  Once no writer runs, it also copies the device's buffer
- * out and compares each chunk with the record this run put there last.
+ * out and compares each chunk with the record this run put there last (the
+ * resident chunks: with the copy kept in the state page).
  * dma_timeouts counts transfers (the writer's and verify's) that never
  * ended.  Output: 64-bit addresses as "0x..." strings, everything else as
  * numbers; lists hold the first 16 entries.
  *
  * State: one 2 MiB hugetlbfs page kept as the file
  * /dev/hugepages/qmp-mig-edu-<bdf> (':' and '.' made '_'): header at 0,
- * ring A at 4 KiB, ring B at 8 KiB, scratch at 12 KiB.  It is contiguous,
+ * ring A at 4 KiB, ring B at 8 KiB, scratch at 12 KiB, the resident
+ * records at 16 KiB.  It is contiguous,
  * never swapped and outlives the process, so a later run (after migration)
  * maps the same guest-physical page.  The writer holds an flock on the file
  * while it runs, so a lock that cannot be taken means a live writer.
@@ -109,6 +114,8 @@ enum {
 #define REC_MAGIC 0x43455245		/* "EREC" */
 #define REC_CRC_LEN 60
 #define CHUNKS (EDU_BUF_BYTES / REC_SIZE)
+#define WRITER_CHUNKS (CHUNKS / 2)	/* the rest hold resident records */
+#define RESIDENT_SEQ (1ULL << 62)	/* seq of resident record 0 */
 #define MAX_SLOTS 64
 
 struct rec {
@@ -129,6 +136,7 @@ _Static_assert(sizeof(struct rec) == REC_SIZE, "record layout");
 #define OFF_A 0x1000
 #define OFF_B 0x2000
 #define OFF_SCRATCH 0x3000
+#define OFF_RESIDENT 0x4000
 
 /* The state page's header; counters and flags only through LOAD/STORE. */
 struct hdr {
@@ -147,6 +155,7 @@ struct hdr {
 
 #define NS 1000000000LL
 #define POLL_US 5000
+#define DMA_POLL_US 200
 #define DMA_TIMEOUT_NS (10 * NS)
 #define FACT_TIMEOUT_NS (10 * NS)
 #define STOP_TIMEOUT_NS (30 * NS)
@@ -373,17 +382,23 @@ static void wr(const struct edu *e, unsigned off, int width, uint64_t v)
 }
 
 /* Poll until the bits in mask read 0; false after timeout_ns. */
-static bool wait_clear(const struct edu *e, unsigned off, int width,
-		       uint64_t mask, int64_t timeout_ns)
+static bool wait_clear_every(const struct edu *e, unsigned off, int width, uint64_t mask,
+			     int64_t timeout_ns, long poll_us)
 {
 	int64_t deadline = clock_ns(CLOCK_MONOTONIC) + timeout_ns;
 
 	while (rd(e, off, width) & mask) {
 		if (clock_ns(CLOCK_MONOTONIC) > deadline)
 			return false;
-		nap_us(POLL_US);
+		nap_us(poll_us);
 	}
 	return true;
+}
+
+static bool wait_clear(const struct edu *e, unsigned off, int width,
+		       uint64_t mask, int64_t timeout_ns)
+{
+	return wait_clear_every(e, off, width, mask, timeout_ns, POLL_US);
 }
 
 /*
@@ -401,7 +416,9 @@ static bool edu_dma(const struct edu *e, uint64_t src, uint64_t dst,
 	wr(e, EDU_DMA_CNT, 8, len);
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	wr(e, EDU_DMA_CMD, 8, dir | EDU_RUN);
-	if (!wait_clear(e, EDU_DMA_CMD, 8, EDU_RUN, DMA_TIMEOUT_NS))
+	/* Polled often: the engine idles from the end of a transfer until the writer
+	 * sees it, and a migration should find a transfer in flight most of the time. */
+	if (!wait_clear_every(e, EDU_DMA_CMD, 8, EDU_RUN, DMA_TIMEOUT_NS, DMA_POLL_US))
 		return false;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return true;
@@ -634,7 +651,7 @@ static void __attribute__((noreturn)) writer(const struct edu *e, struct state *
 	STORE(h->pid, (int32_t)getpid());
 	for (uint64_t seq = 1; !LOAD(h->stop); seq++) {
 		uint32_t k = (uint32_t)((seq - 1) % h->slots);
-		uint64_t chunk = EDU_BUF + (seq - 1) % CHUNKS * REC_SIZE;
+		uint64_t chunk = EDU_BUF + (seq - 1) % WRITER_CHUNKS * REC_SIZE;
 		uint64_t a = s->gpa + OFF_A + k * REC_SIZE, b = s->gpa + OFF_B + k * REC_SIZE;
 		struct rec r;
 
@@ -734,6 +751,24 @@ static void wait_first_record(const struct edu *e, struct state *s, pid_t child)
 	}
 }
 
+static struct rec *resident(const struct state *s)
+{
+	return (struct rec *)((uint8_t *)s->h + OFF_RESIDENT);
+}
+
+/* The resident records: built in the state page, copied into the buffer's upper half. */
+static void put_resident(const struct edu *e, const struct state *s)
+{
+	uint64_t now = (uint64_t)clock_ns(CLOCK_REALTIME);
+
+	for (uint32_t j = 0; j < CHUNKS - WRITER_CHUNKS; j++)
+		rec_build(&resident(s)[j], RESIDENT_SEQ + j, j, now);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (!edu_dma(e, s->gpa + OFF_RESIDENT, EDU_BUF + WRITER_CHUNKS * REC_SIZE, 0,
+		     (CHUNKS - WRITER_CHUNKS) * REC_SIZE))
+		die("%s: the resident records' transfer into the buffer did not finish", e->bdf);
+}
+
 static void cmd_start(const struct options *o)
 {
 	uint64_t seed = o->has_seed ? o->seed :
@@ -757,6 +792,7 @@ static void cmd_start(const struct options *o)
 	s.h->interval_us = (uint64_t)o->interval_us;
 	snprintf(s.h->bdf, sizeof(s.h->bdf), "%s", e.bdf);
 	STORE(s.h->magic, STATE_MAGIC);
+	put_resident(&e, &s);
 
 	fflush(stdout);
 	child = fork();
@@ -823,7 +859,8 @@ static void ring_copy(struct rec *dst, const struct rec *src, uint32_t n)
 
 /*
  * The device's buffer, copied out through scratch, against what this run
- * put in it: chunk j holds the newest seq <= issued with (seq-1) % 64 == j.
+ * put in it: writer chunk j holds the newest seq <= issued with
+ * (seq-1) % 32 == j; a resident chunk holds its resident record.
  * Not compared: chunks this run never wrote, and the chunk of a record
  * whose transfers did not finish.  A record still in ring A (the CPU's
  * original) must match byte for byte; an older one must be whole, with its
@@ -838,9 +875,16 @@ static const char *check_buffer(const struct edu *e, const struct state *s,
 	memset(s->scratch, 0xa5, EDU_BUF_BYTES);
 	if (!edu_dma(e, EDU_BUF, s->gpa + OFF_SCRATCH, EDU_TO_RAM, EDU_BUF_BYTES))
 		return "timeout";
-	for (uint32_t j = 0; j < CHUNKS; j++) {
+	for (uint32_t j = WRITER_CHUNKS; j < CHUNKS; j++) {
+		++*compared;
+		if (memcmp(s->scratch + j * REC_SIZE, &resident(s)[j - WRITER_CHUNKS], REC_SIZE)) {
+			++*nbad;
+			list_add(bad, j);
+		}
+	}
+	for (uint32_t j = 0; j < WRITER_CHUNKS; j++) {
 		const struct rec *got = (const struct rec *)(s->scratch + j * REC_SIZE);
-		uint64_t seq = due_seq(issued, CHUNKS, j);
+		uint64_t seq = due_seq(issued, WRITER_CHUNKS, j);
 		uint32_t k;
 		bool same;
 
