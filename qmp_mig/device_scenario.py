@@ -26,7 +26,7 @@ from .config import Config, DeviceConfig
 from .fsm import Flag, State
 from .migration import Migration, MigrationResult
 from .qemu import QemuInstance
-from .qmigdev import Qmigdev, flag_attributes
+from .qmigdev import Qmigdev, flag_attributes, fresh_account
 from .scenario import Finding, MigrationTest
 from .testbed import RunningVm
 
@@ -69,8 +69,8 @@ class DeviceTest(MigrationTest):
     def device_specs(self, flags: Flag = FULL, count: int = 2) -> list[DeviceConfig]:
         """``count`` test-device instances that offer exactly ``flags``."""
         base = self.test_spec
-        spec = dataclasses.replace(base, attributes={**base.attributes, **flag_attributes(flags, base.kind)},
-                                   expect_flags=flags)
+        attributes = {**base.attributes, **flag_attributes(flags, base.kind), **fresh_account(base.kind)}
+        spec = dataclasses.replace(base, attributes=attributes, expect_flags=flags)
         return [spec] * count
 
     def device_views(self, qemu: QemuInstance) -> list[Qmigdev]:

@@ -58,6 +58,14 @@ def flag_attributes(flags: Flag, kind: str = "mdev") -> dict[str, str]:
     }
 
 
+def fresh_account(kind: str = "mdev") -> dict[str, str]:
+    """sysfs writes that start a test device's own account (arc log, counters) afresh
+    for the VM about to open it: a PCI function lent to several VMs of one test keeps
+    both from the one before."""
+    driver = DRIVERS[kind]
+    return {f"{driver}/arcs": "clear", f"{driver}/clear_counters": "1"}
+
+
 @dataclass(frozen=True)
 class Arc:
     cur: State

@@ -15,7 +15,7 @@ from qmp_mig.device_scenario import check_downtime
 from qmp_mig.fsm import Flag, State
 from qmp_mig.hosts import LocalHost
 from qmp_mig.migration import MigrationResult
-from qmp_mig.qmigdev import Qmigdev, QmigdevError, flag_attributes
+from qmp_mig.qmigdev import Qmigdev, QmigdevError, flag_attributes, fresh_account
 from qmp_mig.runner import detection_table
 
 
@@ -55,6 +55,15 @@ def test_faults_are_armed_by_name_and_unknown_ones_refused(device: Qmigdev) -> N
 def test_flag_attributes_switch_p2p_and_precopy() -> None:
     assert flag_attributes(Flag.STOP_COPY) == {"qmigdev/enable_p2p": "0", "qmigdev/enable_precopy": "0"}
     assert flag_attributes(Flag.STOP_COPY | Flag.PRE_COPY)["qmigdev/enable_precopy"] == "1"
+    # qmigpci: the same switches in the PCI function's own directory.
+    assert flag_attributes(Flag.STOP_COPY | Flag.P2P, "pci") == {"qmigpci/enable_p2p": "1",
+                                                                "qmigpci/enable_precopy": "0"}
+
+
+def test_each_vm_starts_the_device_account_afresh() -> None:
+    """A PCI function lent to several VMs of one test keeps its arc log and counters:
+    both are cleared before each VM opens it."""
+    assert fresh_account("pci") == {"qmigpci/arcs": "clear", "qmigpci/clear_counters": "1"}
 
 
 def test_record_report_verdicts_name_the_symptom() -> None:
