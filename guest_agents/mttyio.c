@@ -43,29 +43,10 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "mtty.h"
 
-#define MTTY_VENDOR 0x4348
-#define MTTY_DEVICE 0x3253
 #define PCI_DEVICES "/sys/bus/pci/devices"
 #define IORESOURCE_IO 0x100
-#define MAX_BARS 6
-#define UART_REGS 8
-
-/* 16550 register offsets and bits (as in uapi/linux/serial_reg.h). */
-#define UART_RX 0	/* RBR on read, THR on write */
-#define UART_FCR 2
-#define UART_LCR 3
-#define UART_LSR 5
-#define UART_SCR 7
-#define UART_FCR_ENABLE_FIFO 0x01
-#define UART_FCR_CLEAR_RCVR 0x02
-#define UART_FCR_CLEAR_XMIT 0x04
-#define UART_LCR_DLAB 0x80
-#define UART_LSR_DR 0x01
-#define UART_LSR_OE 0x02
-
-/* 16 FIFO slots, but the 16th byte makes the FIFO look empty (see above). */
-#define MTTY_FIFO_USABLE 15
 #define DEFAULT_READ_MAX 64
 
 struct options {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .guest import Guest, GuestError
+from .guest import AgentShell, GuestError
 
 MEMCHECK = "/usr/local/bin/qmp-mig-memcheck"
 MTTYIO = "/usr/local/bin/qmp-mig-mttyio"
@@ -19,7 +19,7 @@ MTTY_PATTERN = bytes([0x51, 0x4D, 0x50, 0x2D, 0x6D, 0x69, 0x67, 0xA5, 0x5A, 0x00
 class MemoryAgent:
     """Fills guest RAM with a known pattern and keeps dirtying part of it."""
 
-    guest: Guest
+    guest: AgentShell
     timeout: float = 600.0  # filling or verifying is slow in a nested, emulated guest
 
     def _run(self, *args: str) -> dict[str, Any]:
@@ -55,7 +55,7 @@ class MttyPort:
 class MttyAgent:
     """Writes bytes into an mtty UART's FIFO below the tty layer and reads them back."""
 
-    guest: Guest
+    guest: AgentShell
 
     def ports(self) -> list[MttyPort]:
         devices = self.guest.agent([MTTYIO, "list"])["devices"]
@@ -85,7 +85,7 @@ class QmigdevAgent:
     """Programs qmigdev functions from inside the guest (guest_agents/qmigdev.c):
     a DMA ring in guest RAM, device memory, and P2P between two functions."""
 
-    guest: Guest
+    guest: AgentShell
 
     def _run(self, command: str, *args: str) -> dict[str, Any]:
         return self.guest.agent([QMIGDEV, command, *args])
@@ -125,7 +125,7 @@ class EduAgent:
     the guest (guest_agents/edu.c): sequence-numbered records copied RAM -> the device's
     DMA buffer -> RAM by the device's DMA engine, and registers set before migration."""
 
-    guest: Guest
+    guest: AgentShell
 
     def _run(self, command: str, *args: str) -> dict[str, Any]:
         return self.guest.agent([EDU, command, *args])

@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """``qmp-mig bench``: the figures that decide how fast the suite can be.
 
-Prints, for the configured host (the lab by default): a cold guest boot, the
-time to a ready guest as scenarios get it (snapshot restore + SSH login), each
-migration of a loaded guest (harness time against QEMU's own ``total-time``,
-then the SSH login and command latency on the destination, which dominate a
-scenario under nested TCG), and the wall time of the last suite run found under
-the results directory. Figures only: no
+Prints, for the configured host (the lab by default), side by side for each guest
+kind (the micro guest and the Linux guest over SSH): the time to a ready guest as
+scenarios get it (the micro guest boots; the Linux guest is restored from its
+snapshot and logged into), the wall time of the smallest scenario (ready, load,
+migrate, reach the guest on the destination, verify) over five runs, each
+migration's harness time against QEMU's own ``total-time``, and the wall time of
+the last suite run found under the results directory. Figures only: no
 thresholds, nothing here passes or fails.
 """
 
@@ -16,7 +17,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -26,14 +27,6 @@ from .agents import MemoryAgent
 from .config import Config
 from .migration import Migration
 from .testbed import Testbed
-
-
-def _timed(what: str, rows: list[tuple[str, str]], action: Callable[[], None]) -> float:
-    started = time.monotonic()
-    action()
-    seconds = time.monotonic() - started
-    rows.append((what, f"{seconds:.1f} s"))
-    return seconds
 
 
 def last_suite_time(results: Path) -> tuple[str, float] | None:
@@ -47,65 +40,107 @@ def last_suite_time(results: Path) -> tuple[str, float] | None:
     return runs[-1].name, sum(float(json.loads(j.read_text()).get("time") or 0) for j in jobs)
 
 
-def run(config: Config, results: Path, console: Console, restores: int = 3, migrations: int = 3) -> None:
-    rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="qmp-mig-bench.") as scratch, \
-            Testbed(config, Path(scratch)) as bed:
-        def cold() -> None:
-            vm = bed.boot_cold("cold-boot")
-            vm.guest.close()
-            vm.qemu.shutdown()
-        _timed("cold guest boot to SSH login", rows, cold)
-        bed.snapshot()  # made once if missing (not timed: the cold boot above is its cost)
-        ready = []
-        for i in range(restores):
-            started = time.monotonic()
-            vm = bed.boot(f"restored{i}")
-            ready.append(time.monotonic() - started)
-            if i < restores - 1:
+@dataclass
+class GuestFigures:
+    """What one guest kind costs: seconds to a ready guest, per scenario, per migration."""
+
+    kind: str
+    cold_boot: float | None = None  # the Linux guest's boot (its snapshot is made from it)
+    ready: list[float] = field(default_factory=list)
+    scenarios: list[float] = field(default_factory=list)
+    harness_ms: list[float] = field(default_factory=list)
+    qemu_total_ms: list[float] = field(default_factory=list)
+    downtime_ms: list[float] = field(default_factory=list)
+    reconnect: list[float] = field(default_factory=list)
+    bad_pages: int = 0
+    pages: int = 0
+    error: str | None = None
+
+
+def _spread(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
+    if not values:
+        return "-"
+    shown = [v * scale for v in values]
+    number = "{:.0f}" if unit == "ms" else "{:.1f}"
+    return (f"median {number.format(statistics.median(shown))} {unit}, max {number.format(max(shown))} "
+            f"({len(shown)})")
+
+
+def scenario_once(bed: Testbed, figures: GuestFigures, index: int) -> None:
+    """The smallest scenario, timed: a ready guest, the memory agent started, one
+    migration, the guest reached on the destination and its memory verified."""
+    workload = bed.config.workload
+    started = time.monotonic()
+    vm = bed.boot(f"source{index}")
+    figures.ready.append(time.monotonic() - started)
+    MemoryAgent(vm.guest, timeout=workload.agent_timeout).start(
+        workload.memory_mb, workload.dirty_mb, workload.dirty_rate_mb)
+    destination, _ = bed.launch(f"destination{index}", incoming=True)
+    migration = Migration(vm.qemu, destination, uri=bed.migration_uri())
+    migrating = time.monotonic()
+    migration.start()
+    result = migration.wait()
+    figures.harness_ms.append((time.monotonic() - migrating) * 1000)
+    if result.status != "completed":
+        raise RuntimeError(f"migration {index + 1} ended {result.status}: {result.error}")
+    figures.qemu_total_ms.append(float(result.total_ms or 0))
+    figures.downtime_ms.append(float(result.downtime_ms or 0))
+    vm.guest.close()
+    vm.qemu.shutdown()
+    reaching = time.monotonic()
+    guest = bed.guest(destination)
+    figures.reconnect.append(time.monotonic() - reaching)
+    report = MemoryAgent(guest, timeout=workload.agent_timeout).verify()
+    figures.pages += int(report["pages"])
+    figures.bad_pages += int(report["bad_pages"])
+    guest.close()
+    destination.shutdown()
+    figures.scenarios.append(time.monotonic() - started)
+
+
+def measure(config: Config, kind: str, scenarios: int) -> GuestFigures:
+    figures = GuestFigures(kind)
+    try:
+        with tempfile.TemporaryDirectory(prefix="qmp-mig-bench.") as scratch, \
+                Testbed(config, Path(scratch), guest=kind) as bed:
+            if kind == "linux":
+                started = time.monotonic()
+                vm = bed.boot_cold("cold-boot")
+                figures.cold_boot = time.monotonic() - started
                 vm.guest.close()
                 vm.qemu.shutdown()
-        rows.append((f"ready guest per scenario (restore + SSH), {restores} runs",
-                     f"median {statistics.median(ready):.1f} s (min {min(ready):.1f}, max {max(ready):.1f})"))
-        # Migrate a loaded guest (the memory agent at the configured workload) hop by
-        # hop: after each, the harness logs in again, as every scenario does.
-        workload = config.workload
-        guest = vm.guest
-        MemoryAgent(guest, timeout=workload.agent_timeout).start(
-            workload.memory_mb, workload.dirty_mb, workload.dirty_rate_mb)
-        source = vm.qemu
-        for i in range(migrations):
-            destination, _ = bed.launch(f"hop{i}", incoming=True)
-            migration = Migration(source, destination, uri=bed.migration_uri())
-            started = time.monotonic()
-            migration.start()
-            result = migration.wait()
-            harness = time.monotonic() - started
-            rows.append((f"migration {i + 1}: harness vs QEMU total-time",
-                         f"{harness * 1000:.0f} ms vs {result.total_ms} ms "
-                         f"(overhead {harness * 1000 - (result.total_ms or 0):.0f} ms; "
-                         f"downtime {result.downtime_ms} ms)"))
-            started = time.monotonic()
-            guest = bed.guest(destination)
-            login = time.monotonic() - started
-            commands = []
-            for _ in range(3):
-                started = time.monotonic()
-                guest.run(["true"])
-                commands.append(time.monotonic() - started)
-            rows.append((f"migration {i + 1}: SSH login, then 3 commands",
-                         f"{login:.1f} s, then {', '.join(f'{c:.1f}' for c in commands)} s"))
-            source.shutdown()
-            source = destination
-        report = MemoryAgent(guest, timeout=workload.agent_timeout).verify()
-        rows.append(("memory agent after the last hop",
-                     f"{report['pages']} pages, {report['rewrites']} rewrites, {report['bad_pages']} bad"))
-    suite = last_suite_time(results)
-    rows.append(("last suite run in the lab",
-                 f"{suite[1]:.0f} s ({suite[0]})" if suite else "no run under " + str(results)))
+                bed.snapshot()  # made once if missing (not timed: the cold boot above is its cost)
+            for i in range(scenarios):
+                scenario_once(bed, figures, i)
+    except Exception as exc:  # noqa: BLE001 - the figures so far are still worth printing
+        figures.error = f"{type(exc).__name__}: {exc}"
+    return figures
+
+
+def run(config: Config, results: Path, console: Console, scenarios: int = 5,
+        guests: tuple[str, ...] = ("micro", "linux")) -> bool:
+    """Print the figures; False if a guest kind could not be measured to the end."""
+    kinds = [g for g in guests if g != "micro" or config.guest.micro]
+    measured = [measure(config, kind, scenarios) for kind in kinds]
     table = Table(title=f"qmp-mig benchmark on {config.path}")
     table.add_column("what")
-    table.add_column("figure")
-    for row in rows:
-        table.add_row(*row)
+    for figures in measured:
+        table.add_column(f"{figures.kind} guest")
+    rows: list[tuple[str, list[str]]] = [
+        ("cold boot to a ready guest", [f"{f.cold_boot:.1f} s" if f.cold_boot is not None else
+                                        "- (boots for each scenario)" for f in measured]),
+        ("ready guest (boot or snapshot restore, then reached)", [_spread(f.ready) for f in measured]),
+        ("scenario: ready, load, migrate, reach, verify", [_spread(f.scenarios) for f in measured]),
+        ("migration: harness", [_spread(f.harness_ms, "ms") for f in measured]),
+        ("migration: QEMU total-time", [_spread(f.qemu_total_ms, "ms") for f in measured]),
+        ("migration: QEMU downtime", [_spread(f.downtime_ms, "ms") for f in measured]),
+        ("guest reached on the destination", [_spread(f.reconnect) for f in measured]),
+        ("memory verified", [f"{f.pages} pages, {f.bad_pages} bad" for f in measured]),
+        ("error", [f.error or "-" for f in measured]),
+    ]
+    for what, cells in rows:
+        table.add_row(what, *cells)
     console.print(table)
+    suite = last_suite_time(results)
+    console.print(f"last suite run: {f'{suite[1]:.0f} s ({suite[0]})' if suite else 'none under ' + str(results)}")
+    return all(f.error is None for f in measured)

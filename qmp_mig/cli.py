@@ -209,8 +209,8 @@ def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
         if kind not in kinds:
             raise ConfigError(f"{config}: no [[device]] of kind {kind!r} to benchmark (it has: {', '.join(kinds)})")
         say(f"benchmarking the [[device]] entries of kind {kind}")
-        benchmark.run(loaded.of_kind(kind), Path(args.results).resolve(), console)
-    return 0
+        complete = benchmark.run(loaded.of_kind(kind), Path(args.results).resolve(), console)
+    return 0 if complete else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -240,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("bench", help="print cold boot, ready-guest, migration and suite figures")
+    p = sub.add_parser("bench", help="print ready-guest, scenario, migration and suite figures, per guest kind")
     p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
     p.add_argument("--results", default="results", help="where `run` left its results")
     p.add_argument("--device-kind", choices=("mdev", "pci"),

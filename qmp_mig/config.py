@@ -72,6 +72,9 @@ class GuestConfig:
     key: str  # on this machine: the private key that logs into the guest
     append: str = "console=ttyS0"
     boot_timeout: float = 300.0
+    # Our micro guest (guest_agents/micro), booted by QEMU with -kernel: the guest kind
+    # "micro" needs it; the Linux guest above stays the default kind.
+    micro: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,7 @@ class _Guest(_Table):
     key: str = Field(description="a private key file path (string)")
     append: str | None = Field(None, description="a kernel command line (string)")
     boot_timeout: float | None = Field(None, description="seconds (number)")
+    micro: str | None = Field(None, description="the micro guest's ELF file path (string)")
 
 
 class _Workload(_Table):

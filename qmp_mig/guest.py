@@ -14,7 +14,7 @@ import logging
 import shlex
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import paramiko
 
@@ -40,6 +40,18 @@ LOGIN_TIMEOUT = 120.0
 
 class GuestError(RuntimeError):
     """The guest could not be reached, or a command in it failed."""
+
+
+class AgentShell(Protocol):
+    """What scenarios need of a guest, whatever its kind: run one of our agents
+    (qmp_mig/agents.py) and get its JSON answer. The Linux guest does it over SSH
+    (:class:`Guest`), the micro guest over its serial port (qmp_mig/micro_guest.py)."""
+
+    name: str
+
+    def agent(self, argv: list[str], *, timeout: float = 120) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class Guest:

@@ -301,6 +301,8 @@ memory_mb = 256
 kernel = "/mnt/guest/vmlinuz"
 initrd = "/mnt/guest/initrd.img"
 key = "{guest_key}"
+# The micro guest (guest kind "micro"): no OS, its agents answer over a serial port.
+micro = "/mnt/guest/qmp-mig-micro.elf"
 # init_on_free: freed pages are zero, and QEMU skips zero pages, so the booted-guest
 # snapshot and every migration carry 64 MB instead of 100 (boot leaves that much garbage).
 append = "console=ttyS0 quiet init_on_free=1"

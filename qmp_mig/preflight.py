@@ -238,7 +238,10 @@ def _pci_function(result: Preflight, host: Host, where: str, spec: DeviceConfig,
 
 
 def _guest(result: Preflight, host: Host, config: Config) -> None:
-    for what, path in (("guest kernel", config.guest.kernel), ("guest initrd", config.guest.initrd)):
+    files = [("guest kernel", config.guest.kernel), ("guest initrd", config.guest.initrd)]
+    if config.guest.micro:
+        files.append(("micro guest", config.guest.micro))
+    for what, path in files:
         result.add(what, path, host.run(["test", "-r", path], check=False).returncode == 0,
                    "build the guest image (qmp-mig images build guest) and point [guest] at it")
     key = Path(config.guest.key)

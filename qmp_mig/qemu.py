@@ -29,7 +29,12 @@ class QemuError(RuntimeError):
 
 @dataclass
 class VmSpec:
-    """What a VM looks like. Source and destination must use the same spec."""
+    """What a VM looks like. Source and destination must use the same spec.
+
+    ``guest`` is the kind of guest: "linux" boots ``kernel`` and ``initrd`` and is
+    reached over SSH through a forwarded port; "micro" boots our micro guest ELF
+    (``kernel``, multiboot) that has no network and answers on its serial port.
+    """
 
     kernel: str
     initrd: str
@@ -41,6 +46,11 @@ class VmSpec:
     cpu: str = "max"
     binary: str = "qemu-system-x86_64"
     extra_args: list[str] = field(default_factory=list)
+    guest: str = "linux"
+
+    @property
+    def micro(self) -> bool:
+        return self.guest == "micro"
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,8 @@ class QemuInstance:
         self.console_path = f"{workdir}/{name}.console.log"
         self.stderr_path = f"{workdir}/{name}.stderr.log"
         self.trace_path = f"{workdir}/{name}.trace.log"
-        self.ssh_port = 0
+        self.ssh_port = 0  # a Linux guest's SSH, forwarded to this host port
+        self.agent_port = 0  # a micro guest's serial port, a TCP server on this host port
         self.qmp: QmpSession | None = None
         self._process: HostProcess | None = None
         self.exit_status: int | None = None
@@ -89,12 +100,23 @@ class QemuInstance:
             s.binary, "-name", self.name, "-nodefaults", "-no-user-config",
             "-display", "none", "-machine", f"{s.machine},accel={s.accel}", "-cpu", s.cpu,
             "-m", str(s.memory_mb), "-smp", str(s.smp),
-            "-kernel", s.kernel, "-initrd", s.initrd, "-append", s.append,
-            "-serial", f"file:{self.console_path}",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-            "-device", "virtio-net-pci,netdev=net0,romfile=",
-            "-qmp", "stdio",
         ]
+        if s.micro:
+            # Everything the guest says is also logged as its console.
+            argv += [
+                "-kernel", s.kernel,
+                "-chardev", f"socket,id=agent,host=127.0.0.1,port={self.agent_port},server=on,wait=off,nodelay=on,"
+                            f"logfile={self.console_path}",
+                "-serial", "chardev:agent",
+            ]
+        else:
+            argv += [
+                "-kernel", s.kernel, "-initrd", s.initrd, "-append", s.append,
+                "-serial", f"file:{self.console_path}",
+                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+                "-device", "virtio-net-pci,netdev=net0,romfile=",
+            ]
+        argv += ["-qmp", "stdio"]
         for attachment in self.devices:
             argv += attachment.device.qemu_args(attachment.device_id)
         if self.devices:
@@ -112,7 +134,10 @@ class QemuInstance:
     def launch(self) -> QemuInstance:
         """Start paused with the monitor connected; the guest has not run yet."""
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        self.ssh_port = self.host.free_tcp_port()
+        if self.spec.micro:
+            self.agent_port = self.host.free_tcp_port()
+        else:
+            self.ssh_port = self.host.free_tcp_port()
         argv = self.command_line()
         (self.artifacts / f"{self.name}.cmdline").write_text(shlex.join(argv) + "\n")
         self._process = self.host.spawn(argv, stderr_path=self.stderr_path)

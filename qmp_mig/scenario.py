@@ -5,6 +5,8 @@ the steps scenarios share, and what every test leaves behind.
 Parameters (``-p key=value`` or a variants YAML):
   host_config      the host TOML (``qmp-mig run`` passes the lab's)
   device_kind      "mdev" or "pci": only the [[device]] entries of that kind (default: all)
+  guest            "linux" (default: the Linux guest over SSH) or "micro" (our micro
+                   guest over its serial port; the same agents, the same verdicts)
   memory_mb, dirty_mb, dirty_rate_mb   override the configuration's [workload]
   capabilities     table of migration capabilities for both sides
   parameters       table of migrate-set-parameters for both sides
@@ -52,7 +54,7 @@ from .hosts import HostLost
 from .migration import Migration, MigrationResult
 from .qemu import QemuInstance
 from .qemu_trace import save_sessions
-from .testbed import KernelCheck, RunningVm, Testbed
+from .testbed import GUEST_KINDS, KernelCheck, RunningVm, Testbed
 from .timeline import Mark, marks_from_events, marks_from_transcript, write_timeline
 
 
@@ -99,6 +101,7 @@ class MigrationTest(Test):
                         "(qmp-mig run passes the lab's)")
         config = configuration.load(path)
         self.device_kind: str | None = self.params.get("device_kind", default=None)
+        self.guest_kind = str(self.params.get("guest", default="linux"))
         if self.device_kind:  # the variant picks one kind of the configuration's device entries
             config = config.of_kind(self.device_kind)
         options = {k: str(v) for k, v in _table(self.params, "device_options").items()}
@@ -106,7 +109,7 @@ class MigrationTest(Test):
             config = dataclasses.replace(config, devices=tuple(
                 dataclasses.replace(d, options={**d.options, **options}) for d in config.devices))
         self.config = config
-        absent = self.missing(config)
+        absent = self.missing_guest(config) or self.missing(config)
         if absent:  # before anything is made on the host, so nothing can turn it into a pass
             self.cancel(absent)
         self.artifacts = Path(self.logdir) / "artifacts"
@@ -115,7 +118,7 @@ class MigrationTest(Test):
         self.findings: list[Finding] = []
         self.collect = False  # detection tests run every check and keep what failed
         try:
-            self.bed = Testbed(config, self.artifacts)
+            self.bed = Testbed(config, self.artifacts, guest=self.guest_kind)
         except HostLost as lost:
             raise self.host_loss(lost) from lost
         workload = config.workload
@@ -136,6 +139,15 @@ class MigrationTest(Test):
         if self.device_kind and not config.devices:
             return (f"not run: the host configuration names no [[device]] of kind {self.device_kind!r} "
                     f"(this variant runs the scenario on that kind)")
+        return None
+
+    def missing_guest(self, config: configuration.Config) -> str | None:
+        """Why the variant's guest kind cannot run with ``config``, or None."""
+        if self.guest_kind not in GUEST_KINDS:
+            raise ValueError(f"parameter guest: {self.guest_kind!r}; expected one of {', '.join(GUEST_KINDS)}")
+        if self.guest_kind == "micro" and not config.guest.micro:
+            return ("not run: the host configuration's [guest] has no micro (the micro guest's ELF); "
+                    "this variant runs the scenario on the micro guest")
         return None
 
     def could_not_run(self, check: str, why: str) -> None:

@@ -24,13 +24,19 @@ from .checks import CheckFailed, check_walk
 from .config import Config, DeviceConfig
 from .devices import DeviceError, MdevDevice, PciDevice, VfioDevice
 from .fsm import Flag, State
-from .guest import Guest
+from .guest import AgentShell, Guest
 from .hosts import Host, HostError, LocalHost, SshHost, fetch
 from .kernel_trace import TRACEFS, KernelCall, KernelTrace, check_device, debugfs_state, stop_instance
+from .micro_guest import MicroGuest
 from .migration import restore_from_file, save_to_file
 from .pools import DevicePool, pci_functions, pool_key
 from .qemu import QemuInstance, VmSpec
 from .snapshots import snapshot_name, stale
+
+GUEST_KINDS = ("linux", "micro")
+# The micro guest answers within seconds of its QEMU starting, even under nested TCG;
+# a minute is a guest that will not answer.
+MICRO_READY_TIMEOUT = 60.0
 
 
 def connect(config: Config) -> Host:
@@ -56,7 +62,7 @@ class RunningVm:
     """A started VM with its guest logged in."""
 
     qemu: QemuInstance
-    guest: Guest
+    guest: AgentShell
     flags: dict[str, Flag]  # device id -> the kernel's migration flags
     start_walk: dict[str, list[State]]  # device id -> the model's walk for how it came up
 
@@ -70,9 +76,15 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, config: Config, artifacts: Path) -> None:
+    def __init__(self, config: Config, artifacts: Path, guest: str = "linux") -> None:
         self.config = config
         self.artifacts = artifacts
+        if guest not in GUEST_KINDS:
+            raise ValueError(f"guest kind {guest!r}: expected one of {', '.join(GUEST_KINDS)}")
+        if guest == "micro" and not config.guest.micro:
+            raise ValueError("the guest kind 'micro' needs [guest] micro (the micro guest's ELF) "
+                             "in the host configuration")
+        self.guest_kind = guest
         self._stack = ExitStack()
         self._uris = 0
         if threading.current_thread() is threading.main_thread():
@@ -203,6 +215,11 @@ class Testbed:
 
     def spec(self) -> VmSpec:
         c = self.config
+        if self.guest_kind == "micro":
+            assert c.guest.micro is not None  # checked in __init__
+            return VmSpec(kernel=c.guest.micro, initrd="", append="", guest="micro",
+                          memory_mb=c.vm.memory_mb, accel=c.vm.accel, machine=c.vm.machine, cpu=c.vm.cpu,
+                          binary=c.vm.binary)
         return VmSpec(
             kernel=c.guest.kernel, initrd=c.guest.initrd, append=c.guest.append,
             memory_mb=c.vm.memory_mb, accel=c.vm.accel, machine=c.vm.machine, cpu=c.vm.cpu,
@@ -244,7 +261,10 @@ class Testbed:
                          {i: fsm.vm_start_events(f) for i, f in zip(ids, flags)})
 
     def boot(self, name: str = "source", specs: Sequence[DeviceConfig] | None = None) -> RunningVm:
-        """A ready guest: restored from the booted-guest snapshot (made on first use)."""
+        """A ready guest: restored from the booted-guest snapshot (made on first use);
+        the micro guest boots faster than a snapshot loads."""
+        if self.guest_kind == "micro":
+            return self.boot_cold(name, specs)
         snapshot = self.snapshot(specs)
         qemu, flags = self.launch(name, incoming=True, specs=specs)
         restore_from_file(qemu, snapshot)
@@ -279,7 +299,13 @@ class Testbed:
             self.host.run(["rm", "-f", *(f"{directory}/{n}" for n in old)])
         return path
 
-    def guest(self, qemu: QemuInstance) -> Guest:
+    def guest(self, qemu: QemuInstance) -> AgentShell:
+        """The agents of ``qemu``'s guest, once it answers."""
+        if qemu.spec.micro:
+            micro = MicroGuest(self.host, qemu.agent_port, f"micro guest in {qemu.name}",
+                               self.artifacts / f"{qemu.name}.agent.jsonl")
+            self._stack.callback(micro.close)
+            return micro.connect(timeout=MICRO_READY_TIMEOUT)
         guest = Guest(self.host, qemu.ssh_port, self.config.guest.key, name=f"guest in {qemu.name}")
         self._stack.callback(guest.close)
         return guest.connect(timeout=self.config.guest.boot_timeout)

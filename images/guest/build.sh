@@ -8,7 +8,8 @@
 # LABDIR is an OUTDIR of images/lab/build.sh: its vmlinuz is reused, the modules
 # are read out of its rootfs.img with debugfs (no loop mount), and its client key
 # becomes root's authorized key here. Writes into OUTDIR: vmlinuz initrd.img
-# id_ed25519 id_ed25519.pub manifest.json. Run as root on a Debian 12 host with
+# id_ed25519 id_ed25519.pub manifest.json and the micro guest qmp-mig-micro.elf.
+# Run as root on a Debian 12 host with
 # busybox-static, dropbear-bin, e2fsprogs, cpio, zstd, xz-utils, gcc, make.
 set -euo pipefail
 
@@ -121,6 +122,7 @@ say "building guest agents"
 make -s -C "$REPO/guest_agents" O="$W/agents" >/dev/null
 AGENTS=""
 for a in "$W"/agents/qmp-mig-*; do
+    case $a in *.elf) continue ;; esac   # the micro guest is a guest of its own, not an agent
     install -m 755 "$a" "$I/usr/local/bin/"
     AGENTS="$AGENTS${AGENTS:+, }\"/usr/local/bin/$(basename "$a")\""
 done
@@ -217,12 +219,17 @@ cat >"$W/out/manifest.json" <<EOF
   "ssh_user": "root",
   "ssh_key": "id_ed25519",
   "ready_marker": "qmp-mig-guest: ready",
+  "micro_guest": "qmp-mig-micro.elf",
+  "micro_guest_bytes": $(stat -c %s "$W/agents/qmp-mig-micro.elf"),
   "initrd_bytes": $(stat -c %s "$W/out/initrd.img"),
   "build_date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "build_seconds": $(( $(date +%s) - T0 ))
 }
 EOF
-for f in vmlinuz initrd.img id_ed25519 id_ed25519.pub manifest.json; do
+# The micro guest (guest_agents/micro): booted by QEMU itself with -kernel, no OS.
+[ -s "$W/agents/qmp-mig-micro.elf" ] || die "guest_agents built no micro guest"
+cp "$W/agents/qmp-mig-micro.elf" "$W/out/"
+for f in vmlinuz initrd.img id_ed25519 id_ed25519.pub manifest.json qmp-mig-micro.elf; do
     mv -f "$W/out/$f" "$OUTDIR/$f"
 done
 chmod 600 "$OUTDIR/id_ed25519"

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The micro guest's line protocol against a fake guest on a local TCP port,
+and the QEMU command line of a micro-guest VM."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from qmp_mig.agents import MemoryAgent
+from qmp_mig.guest import GuestError
+from qmp_mig.hosts import LocalHost
+from qmp_mig.micro_guest import MicroGuest
+from qmp_mig.qemu import QemuInstance, VmSpec
+
+Answer = Callable[[str], "str | None"]
+
+
+def serve(answer: Answer, banner: bytes = b"") -> tuple[int, threading.Thread]:
+    """A one-connection fake guest: each line in gets ``answer(line)`` back (None: silence)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def run() -> None:
+        conn, _ = server.accept()
+        server.close()
+        with conn:
+            conn.sendall(banner)
+            buffer = b""
+            while True:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    reply = answer(line.decode())
+                    if reply is not None:
+                        conn.sendall(reply.encode() + b"\n")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread
+
+
+def pong(line: str) -> str | None:
+    words = line.split()
+    if words[0] == "ping":
+        return json.dumps({"pong": True, "token": words[1] if len(words) > 1 else None})
+    if words[:2] == ["/usr/local/bin/qmp-mig-memcheck", "status"]:
+        return json.dumps({"pid": 1, "alive": True, "rewrites": 7, "phase": "running"})
+    return json.dumps({"error": f"unknown command {words[0]}"})
+
+
+@pytest.fixture
+def micro(tmp_path: Path) -> Iterator[Callable[..., MicroGuest]]:
+    made: list[MicroGuest] = []
+
+    def make(answer: Answer = pong, banner: bytes = b"", timeout: float = 5) -> MicroGuest:
+        port, _ = serve(answer, banner)
+        guest = MicroGuest(LocalHost(), port, "micro guest in test", tmp_path / "test.agent.jsonl")
+        made.append(guest)
+        return guest.connect(timeout=timeout)
+
+    yield make
+    for guest in made:
+        guest.close()
+
+
+def test_agent_answers_come_back_as_json(micro: Callable[..., MicroGuest], tmp_path: Path) -> None:
+    guest = micro(banner=b"qmp-mig-micro: ready\r\n")
+    assert MemoryAgent(guest).status() == {"pid": 1, "alive": True, "rewrites": 7, "phase": "running"}
+    transcript = [json.loads(line) for line in (tmp_path / "test.agent.jsonl").read_text().splitlines()]
+    assert {"direction": "from guest", "line": "qmp-mig-micro: ready"} in [
+        {k: t[k] for k in ("direction", "line")} for t in transcript]
+
+
+def test_pongs_to_unanswered_pings_are_read_past(micro: Callable[..., MicroGuest]) -> None:
+    """A guest that boots late answers every ping it got at once: the next command
+    must get its own answer, not a stale pong."""
+    held: list[str] = []
+    pings = 0
+
+    def late(line: str) -> str | None:
+        nonlocal pings
+        pings += line.startswith("ping")
+        if pings <= 2:
+            held.append(line)  # still "booting": answered together with the third
+            return None
+        if held:
+            stale = [pong(h) for h in held]
+            held.clear()
+            return "\n".join(s for s in [*stale, pong(line)] if s)
+        return pong(line)
+
+    guest = micro(late)
+    assert MemoryAgent(guest).status()["rewrites"] == 7
+
+
+def test_an_error_answer_is_a_guest_error(micro: Callable[..., MicroGuest]) -> None:
+    guest = micro()
+    with pytest.raises(GuestError, match="qmp-mig-edu list: unknown command"):
+        guest.agent(["qmp-mig-edu", "list"])
+
+
+def test_an_argument_the_line_cannot_carry_is_refused(micro: Callable[..., MicroGuest]) -> None:
+    guest = micro()
+    with pytest.raises(GuestError, match="cannot carry argument 'a b'"):
+        guest.agent(["qmp-mig-edu", "a b"])
+
+
+def test_a_silent_guest_is_named_after_the_timeout(micro: Callable[..., MicroGuest], tmp_path: Path) -> None:
+    with pytest.raises(GuestError, match="did not answer a ping within 1 s"):
+        micro(lambda line: None, timeout=1)
+
+
+def test_a_micro_vm_has_its_serial_port_as_a_server_and_no_network(tmp_path: Path) -> None:
+    spec = VmSpec(kernel="/images/qmp-mig-micro.elf", initrd="", append="", guest="micro")
+    qemu = QemuInstance(LocalHost(), spec, "source", devices=[], workdir="/w", artifacts=tmp_path)
+    qemu.agent_port = 4444
+    argv = qemu.command_line()
+    assert argv[argv.index("-kernel") + 1] == "/images/qmp-mig-micro.elf"
+    assert "socket,id=agent,host=127.0.0.1,port=4444,server=on,wait=off,nodelay=on,logfile=/w/source.console.log" in argv
+    assert argv[argv.index("-serial") + 1] == "chardev:agent"
+    assert "-initrd" not in argv and "-netdev" not in argv
