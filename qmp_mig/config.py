@@ -273,6 +273,10 @@ class _Guest(_Table):
     micro: str | None = Field(None, description="the micro guest's ELF file path (string)")
 
 
+# The guest a scenario runs: the Linux guest over SSH, or the micro guest on its serial port.
+GUEST_KINDS = ("linux", "micro")
+
+
 class _Workload(_Table):
     memory_mb: int | None = Field(None, description="MB (integer)")
     dirty_mb: int | None = Field(None, description="MB (integer)")

@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .checks import describe_not_run, not_run
+from .config import GUEST_KINDS
 from .images import REPO
 from .interrupts import Interrupted, interruptible_child
 from .report import expected_failure
@@ -263,10 +264,19 @@ def summary_table(jobs: list[Path]) -> Table:
     return results_table(_tests(jobs))
 
 
+def variant_axes(name: str) -> tuple[str, str]:
+    """(device kind, guest kind) of a test from its name: Avocado names a variant after
+    the leaves of our variant files ("...;run-mdev-micro-dee9"), and the kind files'
+    leaves are the kinds themselves. No guest leaf is the Linux guest (the default)."""
+    words = name.rpartition(";")[2].split("-")
+    device = next((w for w in words if w in ("mdev", "pci")), "")
+    return device, "micro" if "micro" in words else "linux"
+
+
 def results_table(tests: list[dict[str, Any]]) -> Table:
     """The summary table of ``tests``, records as Avocado's results.json holds them."""
     table = Table(title=f"qmp-mig results ({len(tests)} tests)")
-    for column in ("test", "status", "time", "detail"):
+    for column in ("test", "guest", "status", "time", "detail"):
         table.add_column(column)
     colours = {"PASS": "green", "FAIL": "red", "ERROR": "red", "CANCEL": "yellow", "SKIP": "yellow",
                "XFAIL": "cyan"}
@@ -279,6 +289,7 @@ def results_table(tests: list[dict[str, Any]]) -> Table:
         name = test.get("name", test.get("id", "?")).split(":", 1)[-1]
         table.add_row(
             name.replace(";", " "),
+            variant_axes(name)[1],
             f"[{colours.get(status, 'white')}]{status}[/]",
             f"{test.get('time_elapsed', 0):.1f} s",
             # An optional check that did not run is said even when the test passed.
@@ -288,23 +299,27 @@ def results_table(tests: list[dict[str, Any]]) -> Table:
 
 
 def detection_table(jobs: list[Path]) -> Table | None:
-    """Fault -> the checks that caught it -> their messages, from each detection test's
-    detection.json; None when the run had no detection tests."""
-    rows = []
+    """One row per injected fault and device kind, one column per guest kind it ran
+    on: the checks that caught it and their messages (a GAP when none did), from each
+    detection test's detection.json; None when the run had no detection tests."""
+    cells: dict[tuple[str, str], dict[str, str]] = {}
     for test in _tests(jobs):
         logdir = test.get("logdir")
         found = Path(logdir) / "artifacts" / "detection.json" if logdir else None
         if found is None or not found.exists():
             continue
         report = json.loads(found.read_text())
-        caught = report["caught"] or [{"check": "GAP: nothing caught it", "message": ""}]
-        rows += [(report["fault"] if i == 0 else "", c["check"], c["message"], test.get("status", "?"))
-                 for i, c in enumerate(caught)]
-    if not rows:
+        device, guest = variant_axes(str(test.get("name", "")))
+        caught = [f"{c['check']}: {_clip(c['message'], 160)}" for c in report["caught"]]
+        status = test.get("status", "?")
+        cells.setdefault((report["fault"], device), {})[guest] = escape(
+            "\n".join(caught or ["GAP: nothing caught it"]) + ("" if status == "PASS" else f"\n[{status}]"))
+    if not cells:
         return None
-    table = Table(title="detection: injected fault -> check that caught it -> message")
-    for column in ("fault", "check", "message", "test"):
+    guests = [g for g in GUEST_KINDS if any(g in row for row in cells.values())]
+    table = Table(title="detection: injected fault -> the checks that caught it, per guest kind")
+    for column in ("fault", "device", *guests):
         table.add_column(column, overflow="fold")
-    for fault, check, message, status in rows:
-        table.add_row(fault, check, _clip(message, 200), status)
+    for (fault, device), row in cells.items():
+        table.add_row(fault, device or "-", *(row.get(g, "not run") for g in guests))
     return table

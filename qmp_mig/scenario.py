@@ -46,7 +46,7 @@ from .checks import (
     check_walk,
     describe_not_run,
 )
-from .config import DeviceConfig
+from .config import GUEST_KINDS, DeviceConfig
 from .fsm import Flag, State
 from .host_loss import HostStoppedAnswering, host_lost
 from .host_loss import record as record_host_loss
@@ -54,7 +54,7 @@ from .hosts import HostLost
 from .migration import Migration, MigrationResult
 from .qemu import QemuInstance
 from .qemu_trace import save_sessions
-from .testbed import GUEST_KINDS, KernelCheck, RunningVm, Testbed
+from .testbed import KernelCheck, RunningVm, Testbed
 from .timeline import Mark, marks_from_events, marks_from_transcript, write_timeline
 
 

@@ -21,7 +21,7 @@ from types import FrameType
 
 from . import binding, fsm
 from .checks import CheckFailed, check_walk
-from .config import Config, DeviceConfig
+from .config import GUEST_KINDS, Config, DeviceConfig
 from .devices import DeviceError, MdevDevice, PciDevice, VfioDevice
 from .fsm import Flag, State
 from .guest import AgentShell, Guest
@@ -33,7 +33,6 @@ from .pools import DevicePool, pci_functions, pool_key
 from .qemu import QemuInstance, VmSpec
 from .snapshots import snapshot_name, stale
 
-GUEST_KINDS = ("linux", "micro")
 # The micro guest answers within seconds of its QEMU starting, even under nested TCG;
 # a minute is a guest that will not answer.
 MICRO_READY_TIMEOUT = 60.0

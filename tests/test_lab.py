@@ -140,13 +140,13 @@ def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
         print(f"  {bdf} {driver or '-'}")
 
 
-@pytest.mark.parametrize("guest", ["linux", "micro"])
-def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path, guest: str) -> None:
+@pytest.mark.parametrize("guest_kind", ["linux", "micro"])
+def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path, guest_kind: str) -> None:
     """After a real migration: a wrong expected walk, one corrupted guest page and
     one lost mtty byte each fail with a message naming exactly what differed, on
     the Linux guest's agents and on the micro guest's."""
     cfg = config.load(lab_config).of_kind("mdev")  # the mtty
-    with Testbed(cfg, tmp_path, guest=guest) as bed:
+    with Testbed(cfg, tmp_path, guest=guest_kind) as bed:
         source = bed.boot("source")
         pages = MemoryAgent(source.guest).start(
             cfg.workload.memory_mb, cfg.workload.dirty_mb, cfg.workload.dirty_rate_mb)

@@ -16,7 +16,7 @@ from qmp_mig.fsm import Flag, State
 from qmp_mig.hosts import LocalHost
 from qmp_mig.migration import MigrationResult
 from qmp_mig.qmigdev import Qmigdev, QmigdevError, flag_attributes, fresh_account
-from qmp_mig.runner import detection_table
+from qmp_mig.runner import detection_table, variant_axes
 
 
 @pytest.fixture
@@ -108,22 +108,41 @@ def test_downtime_unknown_is_no_pass() -> None:
         check_downtime(result, {})
 
 
-def test_detection_table_lists_each_check_that_caught_a_fault(tmp_path: Path) -> None:
+def test_detection_table_has_a_column_per_guest_kind(tmp_path: Path) -> None:
+    """One row per fault and device kind; each guest kind it ran on is a column holding the
+    checks that caught it (or the GAP), so a fault caught on one guest and missed on the
+    other stands out."""
     job = tmp_path / "job"
-    caught, gap = tmp_path / "t1", tmp_path / "t2"
-    for test, report in ((caught, {"fault": "dma_after_stop", "caught": [
-            {"check": "device counters and arcs", "message": "wrote guest memory 3 time(s) while stopped"}]}),
-            (gap, {"fault": "lie_precopy_info zero", "caught": []})):
-        (test / "artifacts").mkdir(parents=True)
-        (test / "artifacts" / "detection.json").write_text(json.dumps(report))
     job.mkdir()
-    (job / "results.json").write_text(json.dumps({"tests": [
-        {"name": "1-test_detection.py:Detection.test_dma_after_stop", "status": "PASS", "logdir": str(caught)},
-        {"name": "2-test_detection.py:Detection.test_lie_precopy_info_zero", "status": "FAIL", "logdir": str(gap)},
-    ]}))
+    runs = (
+        ("1", "Detection.test_dma_after_stop;run-mdev-c0de", "PASS",
+         {"fault": "dma_after_stop", "caught": [
+             {"check": "device counters and arcs", "message": "wrote guest memory 3 time(s) while stopped"}]}),
+        ("2", "Detection.test_dma_after_stop;run-mdev-micro-c0de", "PASS",
+         {"fault": "dma_after_stop", "caught": [
+             {"check": "device counters and arcs", "message": "wrote guest memory 5 time(s) while stopped"},
+             {"check": "device walk", "message": "RUNNING -> STOP"}]}),
+        ("3", "Detection.test_lie_precopy_info_zero;run-pci-micro-c0de", "FAIL",
+         {"fault": "lie_precopy_info zero", "caught": []}),
+    )
+    tests = []
+    for number, name, status, report in runs:
+        logdir = tmp_path / f"t{number}"
+        (logdir / "artifacts").mkdir(parents=True)
+        (logdir / "artifacts" / "detection.json").write_text(json.dumps(report))
+        tests.append({"name": f"{number}-test_detection.py:{name}", "status": status, "logdir": str(logdir)})
+    (job / "results.json").write_text(json.dumps({"tests": tests}))
     table = detection_table([job])
     assert table is not None
-    cells = [list(column.cells) for column in table.columns]
-    assert cells[0] == ["dma_after_stop", "lie_precopy_info zero"]
-    assert cells[1] == ["device counters and arcs", "GAP: nothing caught it"]
-    assert cells[3] == ["PASS", "FAIL"]
+    assert [column.header for column in table.columns] == ["fault", "device", "linux", "micro"]
+    rows = list(zip(*(column.cells for column in table.columns), strict=True))
+    assert rows[0] == ("dma_after_stop", "mdev", "device counters and arcs: wrote guest memory 3 time(s) "
+                       "while stopped", "device counters and arcs: wrote guest memory 5 time(s) while "
+                       "stopped\ndevice walk: RUNNING -> STOP")
+    assert rows[1] == ("lie_precopy_info zero", "pci", "not run", "GAP: nothing caught it\n[FAIL]")
+
+
+def test_variant_axes_name_the_device_and_guest_kind() -> None:
+    assert variant_axes("x.py:VfioMigration.test_migrate;run-mdev-micro-options-defaults-1373") == ("mdev", "micro")
+    assert variant_axes("x.py:Failures.test_cancel_active;run-pci-5f3a") == ("pci", "linux")
+    assert variant_axes("x.py:Refusals.test_postcopy_refused") == ("", "linux")
