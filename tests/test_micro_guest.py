@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from qmp_mig.agents import MemoryAgent
 from qmp_mig.guest import GuestError
 from qmp_mig.hosts import LocalHost
+from qmp_mig.images import REPO
 from qmp_mig.micro_guest import MicroGuest
 from qmp_mig.qemu import QemuInstance, VmSpec
 
@@ -129,3 +131,45 @@ def test_a_micro_vm_has_its_serial_port_as_a_server_and_no_network(tmp_path: Pat
     assert "socket,id=agent,host=127.0.0.1,port=4444,server=on,wait=off,nodelay=on,logfile=/w/source.console.log" in argv
     assert argv[argv.index("-serial") + 1] == "chardev:agent"
     assert "-initrd" not in argv and "-netdev" not in argv
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def agents_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Linux agents and the micro guest, built as the guest image builds them."""
+    out = tmp_path_factory.mktemp("agents")
+    subprocess.run(["make", "-s", "-C", str(REPO / "guest_agents"), f"O={out}"], check=True, timeout=300)
+    return out
+
+
+def test_the_micro_guest_judges_as_the_linux_agents_do(agents_built: Path, tmp_path: Path) -> None:
+    """The real micro guest, booted by the host's QEMU (TCG): its agents answer, its
+    qmigdev selftest (CRC, record classifier, pattern) gives exactly what the Linux
+    agent's gives, and a memory region it fills and rewrites verifies clean."""
+    linux = json.loads(subprocess.run([str(agents_built / "qmp-mig-qmigdev"), "selftest"], check=True,
+                                      capture_output=True, text=True, timeout=30).stdout)
+    port = free_port()
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-machine", "q35,accel=tcg", "-m", "128",
+         "-kernel", str(agents_built / "qmp-mig-micro.elf"),
+         "-chardev", f"socket,id=agent,host=127.0.0.1,port={port},server=on,wait=off,nodelay=on",
+         "-serial", "chardev:agent"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    guest = MicroGuest(LocalHost(), port, "micro guest", tmp_path / "micro.agent.jsonl")
+    try:
+        guest.connect(timeout=60)
+        assert guest.agent(["/usr/local/bin/qmp-mig-qmigdev", "selftest"]) == linux
+        assert guest.agent(["/usr/local/bin/qmp-mig-qmigdev", "list"]) == {"devices": []}
+        memory = MemoryAgent(guest)
+        started = memory.start(16, 4, 0)
+        assert started["pages"] == 16 * 256
+        report = memory.verify()
+        assert report["bad_pages"] == 0 and report["pages"] == 16 * 256, report
+    finally:
+        guest.close()
+        qemu.kill()
+        qemu.wait(timeout=30)
