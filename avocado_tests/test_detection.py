@@ -101,7 +101,8 @@ class Detection(DeviceTest):
     def test_lie_data_size(self) -> None:
         """Reports 1 TiB as its stop-copy size (MIG_DATA_SIZE far from the truth)."""
         self.detect("lie_data_size 1 TiB", r"did not converge",
-                    lambda: self.migrate_loaded(arm=on_source("lie_data_size", str(1 << 40)), timeout=120))
+                    lambda: self.migrate_loaded(arm=on_source("lie_data_size", str(1 << 40)),
+                                                        timeout=self.converge_timeout))
 
     def test_lie_precopy_info_stuck(self) -> None:
         """PRECOPY_INFO's initial_bytes never drops, with switchover-ack. QEMU 10.0
@@ -110,7 +111,8 @@ class Detection(DeviceTest):
         self.capabilities["switchover-ack"] = True
         self.capabilities["return-path"] = True
         self.detect("lie_precopy_info stuck", r"initial bytes right after",
-                    lambda: self.migrate_loaded(arm=on_source("lie_precopy_info", "stuck"), timeout=120))
+                    lambda: self.migrate_loaded(arm=on_source("lie_precopy_info", "stuck"),
+                                                        timeout=self.converge_timeout))
 
     def test_lie_precopy_info_zero(self) -> None:
         """PRECOPY_INFO reports nothing pending while data is pending."""

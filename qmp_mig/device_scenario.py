@@ -289,11 +289,14 @@ class DeviceTest(MigrationTest):
             return migration.wait(timeout=timeout)
         except TimeoutError:
             try:
-                info = migration.source.monitor.execute("query-migrate")
+                info = migration.source.monitor.execute("query-migrate", timeout=15)
             except TimeoutError as exc:
                 # Seen with a device that reports a huge stop-copy size: QEMU keeps
-                # iterating and its monitor starves. The test's cleanup kills it.
-                return f"migration did not converge in {timeout:.0f} s, and QEMU stopped answering ({exc})"
+                # iterating and its monitor starves. Killed now, it cannot flood the
+                # rest of the test with events.
+                migration.source.kill()
+                return (f"migration did not converge in {timeout:.0f} s, and QEMU stopped answering "
+                        f"({exc}); source killed")
             migration.cancel()
             ram = info.get("ram", {})
             return (f"migration did not converge in {timeout:.0f} s: still {info.get('status')} after "

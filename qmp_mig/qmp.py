@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -22,6 +23,11 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, Runstate
+
+# Every message is in our own transcript (<vm>.qmp.jsonl). The library's DEBUG copy of
+# each, pretty-printed into the test's log, cost more than the message itself: a
+# migration that never converges sends tens of thousands of MIGRATION_PASS events.
+logging.getLogger("qemu.qmp").setLevel(logging.INFO)
 
 T = TypeVar("T")
 

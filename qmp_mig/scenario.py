@@ -102,6 +102,9 @@ class MigrationTest(Test):
         config = configuration.load(path)
         self.device_kind: str | None = self.params.get("device_kind", default=None)
         self.guest_kind = str(self.params.get("guest", default="linux"))
+        # How long a migration that should converge may take before it is called stuck:
+        # the micro guest's take under 2 s in the lab, the Linux guest's up to 20 s.
+        self.converge_timeout = 30.0 if self.guest_kind == "micro" else 120.0
         if self.device_kind:  # the variant picks one kind of the configuration's device entries
             config = config.of_kind(self.device_kind)
         options = {k: str(v) for k, v in _table(self.params, "device_options").items()}

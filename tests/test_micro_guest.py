@@ -8,12 +8,13 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from qmp_mig.agents import MemoryAgent
+from qmp_mig.agents import EduAgent, MemoryAgent
 from qmp_mig.guest import GuestError
 from qmp_mig.hosts import LocalHost
 from qmp_mig.images import REPO
@@ -148,22 +149,34 @@ def agents_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_micro_guest_judges_as_the_linux_agents_do(agents_built: Path, tmp_path: Path) -> None:
-    """The real micro guest, booted by the host's QEMU (TCG): its agents answer, its
-    qmigdev selftest (CRC, record classifier, pattern) gives exactly what the Linux
-    agent's gives, and a memory region it fills and rewrites verifies clean."""
-    linux = json.loads(subprocess.run([str(agents_built / "qmp-mig-qmigdev"), "selftest"], check=True,
-                                      capture_output=True, text=True, timeout=30).stdout)
+    """The real micro guest, booted by the host's QEMU (TCG) with QEMU's edu device: its
+    agents' selftests (CRC, record classifiers, patterns) answer exactly as the Linux
+    agents' do, a memory region it fills and rewrites verifies clean, and the edu's DMA
+    engine copies the writer's records through without a loss."""
+    def linux(agent: str) -> dict[str, object]:
+        return dict(json.loads(subprocess.run([str(agents_built / agent), "selftest"], check=True,
+                                              capture_output=True, text=True, timeout=30).stdout))
+
     port = free_port()
     qemu = subprocess.Popen(
         ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-machine", "q35,accel=tcg", "-m", "128",
-         "-kernel", str(agents_built / "qmp-mig-micro.elf"),
+         "-kernel", str(agents_built / "qmp-mig-micro.elf"), "-device", "edu,dma_mask=0xffffffffff",
          "-chardev", f"socket,id=agent,host=127.0.0.1,port={port},server=on,wait=off,nodelay=on",
          "-serial", "chardev:agent"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     guest = MicroGuest(LocalHost(), port, "micro guest", tmp_path / "micro.agent.jsonl")
     try:
         guest.connect(timeout=60)
-        assert guest.agent(["/usr/local/bin/qmp-mig-qmigdev", "selftest"]) == linux
+        for agent in ("qmp-mig-qmigdev", "qmp-mig-edu"):
+            assert guest.agent([f"/usr/local/bin/{agent}", "selftest"]) == linux(agent)
         assert guest.agent(["/usr/local/bin/qmp-mig-qmigdev", "list"]) == {"devices": []}
+        edu = EduAgent(guest)
+        [bdf] = edu.functions()
+        edu.start(bdf, seed=3)
+        deadline = time.monotonic() + 30  # a record every ~200 ms (two 100 ms transfers)
+        while int(edu.status(bdf)["done"]) < 3:
+            assert time.monotonic() < deadline, f"edu {bdf}: fewer than 3 records copied in 30 s"
+        verdict = edu.verify(bdf)
+        assert verdict["ok_all"] and verdict["lost"] == 0 and verdict["done"] >= 3, verdict
         memory = MemoryAgent(guest)
         started = memory.start(16, 4, 0)
         assert started["pages"] == 16 * 256

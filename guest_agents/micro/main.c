@@ -28,7 +28,7 @@ extern char __image_end[];
 uint64_t ram_top, region_base;
 static uint64_t arena_next, arena_end;
 
-static const struct agent *const agents[] = { &memcheck_agent, &mttyio_agent, &qmigdev_agent };
+static const struct agent *const agents[] = { &memcheck_agent, &mttyio_agent, &qmigdev_agent, &edu_agent };
 #define AGENTS (sizeof(agents) / sizeof(agents[0]))
 
 void *page_alloc(size_t pages)

@@ -128,6 +128,6 @@ struct agent {
 	 * right away, false when the agent can wait for the next timer tick. */
 	bool (*tick)(uint64_t now);
 };
-extern const struct agent memcheck_agent, mttyio_agent, qmigdev_agent;
+extern const struct agent memcheck_agent, mttyio_agent, qmigdev_agent, edu_agent;
 
 #endif
