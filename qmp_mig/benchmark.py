@@ -29,15 +29,21 @@ from .migration import Migration
 from .testbed import Testbed
 
 
-def last_suite_time(results: Path) -> tuple[str, float] | None:
-    """(run directory, summed Avocado job time) of the newest run under ``results``."""
+def last_suite_time(results: Path) -> tuple[str, float, str] | None:
+    """(run directory, seconds, what they are) of the newest suite run under ``results``:
+    the whole run's wall time when it recorded one (run.json), else its Avocado jobs'."""
     runs = sorted(results.glob("run-*"), key=lambda p: p.stat().st_mtime)
     if not runs:
         return None
+    recorded = runs[-1] / "run.json"
+    if recorded.exists():
+        run = json.loads(recorded.read_text())
+        return runs[-1].name, float(run["wall_seconds"]), f"wall time, {run.get('tests', '?')} tests"
     jobs = sorted(runs[-1].glob("job-*/results.json"))
     if not jobs:
         return None
-    return runs[-1].name, sum(float(json.loads(j.read_text()).get("time") or 0) for j in jobs)
+    return (runs[-1].name, sum(float(json.loads(j.read_text()).get("time") or 0) for j in jobs),
+            "the Avocado jobs' time")
 
 
 @dataclass
@@ -142,5 +148,5 @@ def run(config: Config, results: Path, console: Console, scenarios: int = 5,
         table.add_row(what, *cells)
     console.print(table)
     suite = last_suite_time(results)
-    console.print(f"last suite run: {f'{suite[1]:.0f} s ({suite[0]})' if suite else 'none under ' + str(results)}")
+    console.print(f"last suite run: {f'{suite[1]:.0f} s, {suite[2]} ({suite[0]})' if suite else 'none under ' + str(results)}")
     return all(f.error is None for f in measured)

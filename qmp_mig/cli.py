@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from .config import load as load_config
 from .host_loss import host_lost
 from .interrupts import GRACE, Interrupted, Stop, become_subreaper, end_descendants, handle_signals
 from .report import write_run_report
-from .runner import SUITES, RunError, SuiteRun, detection_table, run_suite, summary_table
+from .runner import SUITES, RunError, SuiteRun, detection_table, run_suite, summary_table, tests_of
 from .testbed import connect
 
 console = Console(highlight=False)
@@ -123,7 +124,11 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
             Console(file=out, width=200, color_system=None).print(detection)
         say(f"detection table: {run_dir / 'detection.txt'}")
     report = write_run_report(run_dir, outcome.jobs, title=f"suite {args.suite}")
-    say(f"total wall time {time.monotonic() - started:.0f} s")
+    wall = time.monotonic() - started
+    # The whole run's wall time (lab boot and set-up included), for `qmp-mig bench`.
+    (run_dir / "run.json").write_text(json.dumps({"suite": args.suite, "wall_seconds": round(wall, 1),
+                                                  "tests": len(tests_of(outcome.jobs))}) + "\n")
+    say(f"total wall time {wall:.0f} s ({len(tests_of(outcome.jobs))} tests)")
     say(f"HTML report: {report}")
     print(f"results: {run_dir}", flush=True)
     return interrupted.exit_status if interrupted else outcome.status

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import jinja2
 
 from .checks import describe_not_run, not_run
+from .timeline import draw_missing_svg
 
 _NO_REASON = {"", "<unknown>", "None"}  # what Avocado puts in fail_reason for a pass
 
@@ -148,7 +149,7 @@ def _test(job: Path, index: int, record: dict[str, Any], base: Path | None = Non
     artifacts = logdir / "artifacts"
     test.summary = _first_line(_read(artifacts / "summary.txt"))
     test.not_run = describe_not_run(not_run(logdir))
-    if (artifacts / "timeline.svg").is_file():
+    if artifacts.is_dir() and draw_missing_svg(artifacts):
         test.timeline_svg = _href(artifacts / "timeline.svg", links)
     if (artifacts / "timeline.txt").is_file():
         test.timeline_txt = _href(artifacts / "timeline.txt", links)

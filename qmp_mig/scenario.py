@@ -243,7 +243,8 @@ class MigrationTest(Test):
         if self.kernel_check is not None:
             marks += self._kernel_marks(self.kernel_check)
         if marks:
-            write_timeline(marks, self.artifacts)
+            # The picture is drawn with the report (qmp_mig/report.py), once per run.
+            write_timeline(marks, self.artifacts, svg=False)
 
     def _kernel_marks(self, check: KernelCheck) -> list[Mark]:
         names = {a.device.kernel_name: a.device_id for qemu, _ in self.bed.vms for a in qemu.devices}

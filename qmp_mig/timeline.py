@@ -406,14 +406,26 @@ def _draw(marks: Sequence[Mark], title: str) -> Figure:
 
 
 def write_timeline(
-    marks: Sequence[Mark], directory: Path, name: str = "timeline", title: str = ""
+    marks: Sequence[Mark], directory: Path, name: str = "timeline", title: str = "", svg: bool = True
 ) -> tuple[Path, Path]:
-    """``<name>.txt``, ``<name>.svg`` and ``<name>.json`` in ``directory``
-    (titled ``title``, else ``name``); returns (txt, svg)."""
+    """``<name>.txt``, ``<name>.json`` and (``svg``) ``<name>.svg`` in ``directory``
+    (titled ``title``, else ``name``); returns (txt, svg). Without ``svg`` the picture
+    is left to :func:`draw_missing_svg`: drawing costs seconds (matplotlib), paid once
+    per report rather than once per test."""
     directory.mkdir(parents=True, exist_ok=True)
     ordered = _in_time_order(marks)
-    text, svg = directory / f"{name}.txt", directory / f"{name}.svg"
+    text, picture = directory / f"{name}.txt", directory / f"{name}.svg"
     text.write_text(render_text(ordered, title=title or name))
-    render_svg(ordered, svg, title=title or name)
+    if svg:
+        render_svg(ordered, picture, title=title or name)
     (directory / f"{name}.json").write_text(json.dumps([asdict(m) for m in ordered], indent=1) + "\n")
-    return text, svg
+    return text, picture
+
+
+def draw_missing_svg(directory: Path, name: str = "timeline") -> Path | None:
+    """``<name>.svg`` drawn from ``<name>.json`` when only the latter was written;
+    the picture, or None without a timeline."""
+    picture, marks = directory / f"{name}.svg", directory / f"{name}.json"
+    if not picture.exists() and marks.exists():
+        render_svg(read_marks(marks), picture, title=name)
+    return picture if picture.exists() else None

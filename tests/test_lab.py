@@ -27,6 +27,7 @@ from qmp_mig.interrupts import GRACE
 from qmp_mig.kernel_trace import check_device
 from qmp_mig.migration import Migration
 from qmp_mig.report import expected_failure
+from qmp_mig.runner import variant_axes
 from qmp_mig.testbed import Testbed, connect
 
 pytestmark = pytest.mark.lab
@@ -116,20 +117,23 @@ def test_suite_passes(lab_config: Path, tmp_path: Path) -> None:
     problems = [f"{t['name']}: {t['status']}: {t.get('fail_reason')}" for t in tests
                 if t["status"] != "PASS" and not expected_failure(t)]
     assert not problems, problems
-    names = {t["name"].rsplit(":", 1)[-1].split(";")[0] for t in tests}
-    assert {"VfioMigration.test_migrate", "Failures.test_cancel_active",
-            "Failures.test_destination_killed_device_phase", "Topologies.test_two_devices",
-            "Refusals.test_postcopy_refused", "DeviceMigration.test_dma_and_p2p_load",
-            "DeviceMigration.test_flag_walks"} <= names, names
+    # (test, device kind, guest kind) of every test that ran: the micro guest runs the
+    # matrix and the scenarios on both kinds, the Linux guest one migration per kind.
+    ran = {(t["name"].rsplit(":", 1)[-1].split(";")[0], *variant_axes(t["name"])) for t in tests}
+    for device in ("mdev", "pci"):
+        assert ("VfioMigration.test_migrate", device, "linux") in ran, (device, ran)
+        assert {(name, device, "micro") for name in (
+            "VfioMigration.test_migrate", "Failures.test_cancel_active", "Topologies.test_two_devices",
+            "DeviceMigration.test_dma_and_p2p_load")} <= ran, (device, ran)
+    assert {(name, "mdev", "micro") for name in (
+        "Failures.test_destination_killed_device_phase", "Refusals.test_postcopy_refused",
+        "DeviceMigration.test_flag_walks")} <= ran, ran
     # Every test left a timeline picture, and the run's HTML report links them.
     report = (run_dir / "report.html").read_text()
     for t in tests:
         svg = Path(t["logdir"]) / "artifacts" / "timeline.svg"
         assert svg.exists(), svg
         assert os.path.relpath(svg, run_dir) in report
-    # variants/pci.yaml names its variants run-pci-...
-    pci = {t["name"].rsplit(":", 1)[-1].split(";")[0] for t in tests if ";run-pci-" in t["name"]}
-    assert {"VfioMigration.test_migrate", "Failures.test_cancel_active", "Topologies.test_two_devices"} <= pci, pci
     assert run.returncode == 0
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
     after = pci_drivers(lab_config)
@@ -192,6 +196,30 @@ def test_checks_catch_real_faults(lab_config: Path, tmp_path: Path, guest_kind: 
         assert agent.read(port, limit=1) == MTTY_PATTERN[:1]
         with pytest.raises(CheckFailed, match=r"^mtty: 1 byte\(s\) lost at byte 0 \(51\)"):
             check_bytes("mtty", MTTY_PATTERN, agent.read(port))
+    assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
+
+
+def test_detection_suite_catches_every_fault(lab_config: Path, tmp_path: Path) -> None:
+    """`qmp-mig run --suite detection`: every injected driver bug of qmigdev (mdev) and
+    qmigpci (pci) is caught on the micro guest, each by a check naming its symptom, and
+    the run ends with the detection table."""
+    started = time.monotonic()
+    run = run_live([*QMP_MIG, "run", "--suite", "detection", "--results", str(tmp_path)], timeout=SUITE_TIMEOUT)
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("results: "), last
+    run_dir = Path(last.removeprefix("results: "))
+    tests = [t for job in sorted(run_dir.glob("job-*")) for t in json.loads((job / "results.json").read_text())["tests"]]
+    print(f"detection suite wall time {time.monotonic() - started:.0f} s")
+    problems = [f"{t['name']}: {t['status']}: {t.get('fail_reason')}" for t in tests if t["status"] != "PASS"]
+    assert not problems, problems
+    faults = {t["name"].rsplit(":", 1)[-1].split(";")[0] for t in tests}
+    assert len(faults) >= 14, faults
+    for device in ("mdev", "pci"):
+        caught = {t["name"].rsplit(":", 1)[-1].split(";")[0] for t in tests
+                  if variant_axes(t["name"]) == (device, "micro")}
+        assert caught == faults, (device, faults - caught)
+    assert (run_dir / "detection.txt").exists()
+    assert run.returncode == 0
     assert leftovers(lab_config) == {"qemu": [], "mdev": [], "workdir": [], "trace": []}
 
 

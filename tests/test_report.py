@@ -9,6 +9,7 @@ from urllib.parse import unquote
 import pytest
 
 from qmp_mig.report import write_html_report
+from qmp_mig.timeline import Mark, write_timeline
 
 
 class Links(HTMLParser):
@@ -103,3 +104,16 @@ def test_statuses_and_reasons(job: Path) -> None:
     assert "both sides walked the expected states" in html  # summary.txt
     assert ">vfio<" in html and ">speed:slow<" in html  # tags
     assert "6d45dfe" in html and "no artifacts" in html and "directory is missing" in html
+
+
+def test_a_timeline_written_without_its_picture_is_drawn_for_the_report(job: Path) -> None:
+    """Scenarios write timeline.json and .txt only (drawing costs seconds per test); the
+    report draws the picture once, for every test that has the marks."""
+    artifacts = job / "test-results" / "2-weird:name;x" / "artifacts"
+    write_timeline([Mark(0.0, "source", "event", "MIGRATION active"),
+                    Mark(0.5, "destination", "event", "RESUME")], artifacts, svg=False)
+    assert not (artifacts / "timeline.svg").exists()
+    page = Links()
+    page.feed(write_html_report(job).read_text())
+    assert (artifacts / "timeline.svg").read_text().lstrip().startswith("<?xml")
+    assert len(page.images) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from qmp_mig import runner
+from qmp_mig.benchmark import last_suite_time
 from qmp_mig.images import REPO
 from qmp_mig.runner import SUITES, Part, RunError, avocado_command, run_suite, unresolved
 
@@ -77,12 +79,19 @@ def test_a_kind_file_goes_after_the_matrix_and_every_suite_names_real_files(tmp_
                             str(REPO / "avocado_tests/variants/pci.yaml")]
     for suite in SUITES:
         assert unresolved(suite) == [], suite
-    # Each scenario of `full`, and each fault of `detection`, runs on both device kinds.
-    for suite in ("full", "detection"):
-        for kind in ("mdev.yaml", "pci.yaml"):
-            tests = {t for part in SUITES[suite] if part.variants[-1].endswith(kind) for t in part.tests}
-            assert "avocado_tests/test_device.py" in tests or suite == "detection"
-            assert "avocado_tests/test_detection.py" in tests or suite == "full"
+    # Each scenario of `full` runs on both device kinds and both guest kinds; each fault
+    # of `detection` on both device kinds and the micro guest, and of `detection-all` on both.
+    def kinds(part: Part) -> tuple[str, str]:
+        device = next(v for v in part.variants if v.endswith(("mdev.yaml", "pci.yaml")))
+        return Path(device).stem, "micro" if any(v.endswith("micro.yaml") for v in part.variants) else "linux"
+
+    for suite, test, guests in (("full", "avocado_tests/test_device.py", ("linux", "micro")),
+                                ("detection", "avocado_tests/test_detection.py", ("micro",)),
+                                ("detection-all", "avocado_tests/test_detection.py", ("linux", "micro"))):
+        for device in ("mdev", "pci"):
+            for guest in guests:
+                tests = {t for part in SUITES[suite] if kinds(part) == (device, guest) for t in part.tests}
+                assert test in tests, (suite, device, guest)
 
 
 def test_command_for_a_part_without_variants(tmp_path: Path) -> None:
@@ -168,3 +177,16 @@ def test_a_job_without_results_is_a_run_error(monkeypatch: pytest.MonkeyPatch, t
     with pytest.raises(RunError, match=r"avocado exited 2 without a job's results in "):
         run_suite("fake", tmp_path / "host.toml", tmp_path / "results", Console(file=io.StringIO()), "r")
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["job-00", "job-01"]  # no third part
+
+
+def test_bench_reports_the_last_run_s_wall_time(tmp_path: Path) -> None:
+    """`qmp-mig bench` prints the newest suite run's wall time as `qmp-mig run` recorded
+    it (lab boot included), and only without that record its Avocado jobs' time."""
+    old, new = tmp_path / "run-2026-12-01T00.00.00-default", tmp_path / "run-2026-12-02T00.00.00-default"
+    for run, seconds in ((old, 10), (new, 20)):
+        (run / "job-1").mkdir(parents=True)
+        (run / "job-1" / "results.json").write_text(json.dumps({"time": seconds}))
+    os.utime(old, (1, 1))
+    assert last_suite_time(tmp_path) == (new.name, 20.0, "the Avocado jobs' time")
+    (new / "run.json").write_text(json.dumps({"suite": "default", "wall_seconds": 431.5, "tests": 30}))
+    assert last_suite_time(tmp_path) == (new.name, 431.5, "wall time, 30 tests")
