@@ -1117,12 +1117,12 @@ out:
  * P2P from other DMA and has no pause control, so the arc waits for the
  * transfer (and, for STOP, the factorial) in flight to finish.  With the
  * matching fault knob set it does not wait, and only counts what it left
- * running.  A device that ignores the P2P quiesce keeps working: with none
- * of the guest's transfers in flight, it runs the last one again (the same
+ * running.  A device that ignores the quiesce keeps working: with none of
+ * the guest's transfers in flight, it runs the last one again (the same
  * bytes to the same place), so that the fault shows whenever the guest has
  * used the engine, not only when a transfer happens to be in flight at the
  * arc (a fast guest's pre-copy ends right after the initial save, which
- * drained the engine).
+ * drained the engine; and the stop comes at any point of the guest's loop).
  */
 static int qpci_quiesce(struct qpci_dev *q, bool dma_only, bool skip)
 {
@@ -1134,8 +1134,7 @@ static int qpci_quiesce(struct qpci_dev *q, bool dma_only, bool skip)
 	if (ret)
 		return ret;
 	if (skip) {
-		if (dma_only && !qpci_hw_busy(&hw, true) &&
-		    readq(hw.bar + EDU_REG_DMA_CNT))
+		if (!qpci_hw_busy(&hw, true) && readq(hw.bar + EDU_REG_DMA_CNT))
 			writeq(readq(hw.bar + EDU_REG_DMA_CMD) | EDU_DMA_RUN,
 			       hw.bar + EDU_REG_DMA_CMD);
 		if (qpci_hw_busy(&hw, dma_only))
