@@ -213,7 +213,7 @@ def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
         kind = args.device_kind or ("mdev" if "mdev" in kinds else kinds[0])
         if kind not in kinds:
             raise ConfigError(f"{config}: no [[device]] of kind {kind!r} to benchmark (it has: {', '.join(kinds)})")
-        say(f"benchmarking the [[device]] entries of kind {kind}")
+        say(escape(f"benchmarking the [[device]] entries of kind {kind}"))
         complete = benchmark.run(loaded.of_kind(kind), Path(args.results).resolve(), console)
     return 0 if complete else 1
 
