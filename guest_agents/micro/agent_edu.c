@@ -690,7 +690,6 @@ static bool parse_options(const struct args *a, struct reply *r, struct options 
 {
 	static const char *const known[] = { "bdf", "seed", "slots", "interval-us", "stop", NULL };
 	const char *bad = arg_unknown(a, known), *seed = arg_value(a, "seed");
-	int64_t v;
 
 	if (bad || (!arg_value(a, "bdf") && arg_flag(a, "bdf")) || (!seed && arg_flag(a, "seed"))) {
 		reply_error(r, "unknown or incomplete option '%s'",
@@ -707,15 +706,8 @@ static bool parse_options(const struct args *a, struct reply *r, struct options 
 	}
 	o->bdf = arg_value(a, "bdf");
 	o->stop = arg_flag(a, "stop");
-	if (seed) {
-		if (seed[0] == '-' || !parse_number(seed, &v)) {
-			reply_error(r, "invalid value for --seed: '%s'", seed);
-			return false;
-		}
-		o->seed = (uint64_t)v;
-		o->has_seed = true;
-	}
-	if (!arg_number(a, r, "slots", &o->slots) || !arg_number(a, r, "interval-us", &o->interval_us))
+	if (!arg_unsigned(a, r, "seed", &o->seed, &o->has_seed) ||
+	    !arg_number(a, r, "slots", &o->slots) || !arg_number(a, r, "interval-us", &o->interval_us))
 		return false;
 	if (o->slots < 1 || o->slots > MAX_SLOTS) {
 		reply_error(r, "--slots must be 1..%d", MAX_SLOTS);

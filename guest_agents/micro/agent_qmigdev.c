@@ -887,8 +887,7 @@ static bool parse_options(const struct args *a, struct reply *r, struct options 
 {
 	static const char *const known[] = { "bdf", "peer", "ring-kb", "interval-us", "slots",
 					     "path", "seed", "stop", NULL };
-	const char *bad = arg_unknown(a, known), *path = arg_value(a, "path"), *seed;
-	int64_t v;
+	const char *bad = arg_unknown(a, known), *path = arg_value(a, "path");
 
 	if (bad) {
 		reply_error(r, "unknown or incomplete option '%s'", bad);
@@ -911,19 +910,7 @@ static bool parse_options(const struct args *a, struct reply *r, struct options 
 			return false;
 		}
 	}
-	seed = arg_value(a, "seed");
-	if (seed) {
-		if (seed[0] == '-' || !parse_number(seed, &v)) {
-			reply_error(r, "invalid value for --seed: '%s'", seed);
-			return false;
-		}
-		o->seed = (uint64_t)v;
-		o->has_seed = true;
-	} else if (arg_flag(a, "seed")) {
-		reply_error(r, "unknown or incomplete option '--seed'");
-		return false;
-	}
-	return true;
+	return arg_unsigned(a, r, "seed", &o->seed, &o->has_seed);
 }
 
 static void qmigdev_command(const struct args *a, struct reply *r)

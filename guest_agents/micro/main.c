@@ -118,6 +118,23 @@ bool arg_number(const struct args *a, struct reply *r, const char *name, int64_t
 	return true;
 }
 
+bool arg_unsigned(const struct args *a, struct reply *r, const char *name, uint64_t *out, bool *given)
+{
+	const char *v = arg_value(a, name);
+	int64_t n;
+
+	*given = false;
+	if (!v)
+		return arg_number(a, r, name, &n);	/* refuses --name without its value */
+	if (v[0] == '-' || !parse_number(v, &n)) {
+		reply_error(r, "invalid value for --%s: '%s'", name, v);
+		return false;
+	}
+	*out = (uint64_t)n;
+	*given = true;
+	return true;
+}
+
 const char *arg_unknown(const struct args *a, const char *const *known)
 {
 	for (int i = 2; i < a->argc; i++) {

@@ -78,6 +78,8 @@ const char *arg_value(const struct args *a, const char *name);
 bool arg_flag(const struct args *a, const char *name);
 /* --name as a number: false (with the reply's error set) when present but not a number. */
 bool arg_number(const struct args *a, struct reply *r, const char *name, int64_t *out);
+/* --name as a number of 0 or more (a seed): *given says whether it was there. */
+bool arg_unsigned(const struct args *a, struct reply *r, const char *name, uint64_t *out, bool *given);
 /* The first option not in `known` (NULL-terminated), or NULL: an unknown option is refused. */
 const char *arg_unknown(const struct args *a, const char *const *known);
 
