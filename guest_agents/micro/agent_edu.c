@@ -100,7 +100,6 @@ static const char *yes(bool b) { return b ? "true" : "false"; }
 
 /* ---------------------------------------------------------------- device */
 
-#define compiler_barrier() __asm__ volatile("" ::: "memory")
 
 /* Registers below 0x80 take 32-bit accesses only, the DMA registers 64-bit ones too. */
 static uint64_t rd(const struct function *f, unsigned off)

@@ -155,7 +155,6 @@ struct qdev {
 	struct pci_function pci;
 };
 
-#define compiler_barrier() __asm__ volatile("" ::: "memory")
 
 /* The BARs are uncached; the barriers keep the compiler from moving DMA-buffer accesses. */
 static uint32_t rd32(const struct qdev *d, uint32_t off)

@@ -50,6 +50,8 @@ static inline uint64_t mmio_read64(uint64_t a) { return *(volatile uint64_t *)a;
 static inline void mmio_write32(uint64_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
 static inline void mmio_write64(uint64_t a, uint64_t v) { *(volatile uint64_t *)a = v; }
 static inline void barrier(void) { __asm__ volatile("mfence" : : : "memory"); }
+/* Keeps the compiler from moving DMA-buffer accesses across an uncached register access. */
+static inline void compiler_barrier(void) { __asm__ volatile("" : : : "memory"); }
 
 /* ---- serial.c: COM1, polled */
 void serial_init(void);
