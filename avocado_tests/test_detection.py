@@ -125,7 +125,8 @@ class Detection(DeviceTest):
         """Sleeps in the arc into STOP_COPY, 5 s longer than the downtime limit (a save
         too slow for the downtime the VM was promised)."""
         delay = min(int(self.parameters.get("downtime-limit", 300)) + 5000, 60000)
-        self.detect(f"delay_save_ms {delay}", r"downtime",
+        self.log.info("delay_save_ms %d", delay)
+        self.detect("delay_save_ms (downtime limit + 5 s)", r"downtime",
                     lambda: self.migrate_loaded(arm=on_source("delay_save_ms", str(delay))))
 
     def test_stale_state_on_close(self) -> None:

@@ -15,13 +15,25 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from . import benchmark, images, lab, leftovers, preflight, runner
+from . import benchmark, conformance_run, images, lab, leftovers, preflight, runner
 from .config import ConfigError
 from .config import load as load_config
+from .conformance import Verdict
 from .host_loss import host_lost
 from .interrupts import GRACE, Interrupted, Stop, become_subreaper, end_descendants, handle_signals
+from .pools import describe
 from .report import write_run_report
-from .runner import SUITES, RunError, SuiteRun, detection_table, run_suite, summary_table, tests_of
+from .runner import (
+    SUITES,
+    RunError,
+    SuiteRun,
+    conformance_reports,
+    conformance_tables,
+    detection_table,
+    run_suite,
+    summary_table,
+    tests_of,
+)
 from .testbed import connect
 
 console = Console(highlight=False)
@@ -116,6 +128,13 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
     lost = host_lost(run_dir)
     if lost is not None:
         say(f"[red]{escape(lost.sentence())}[/]")
+    conformance = conformance_tables(conformance_reports(outcome.jobs))
+    if conformance:
+        with (run_dir / "conformance.txt").open("w") as out:
+            for table in conformance:
+                console.print(table)
+                Console(file=out, width=200, color_system=None).print(table)
+        say(f"conformance tables: {run_dir / 'conformance.txt'}")
     detection = detection_table(outcome.jobs)
     if detection is not None:
         console.print(detection)
@@ -205,6 +224,36 @@ def cmd_check(args: argparse.Namespace, stop: Stop) -> int:
         return 0 if _preflight(config, always=True) else 1
 
 
+def cmd_conform(args: argparse.Namespace, stop: Stop) -> int:
+    """``qmp-mig conform``: every device's migration uAPI checked directly (no QEMU, no
+    guest), a table, and the calls made in the results directory."""
+    with _configured_host(args, stop) as path:
+        config = load_config(path)
+        try:
+            chosen = conformance_run.select(config, args.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        run_dir = Path(args.results).resolve() / f"conform-{time.strftime('%Y-%m-%dT%H.%M.%S')}"
+        reports, unexpected = [], 0
+        for target in chosen:
+            say(f"checking {target.name} ({escape(describe(target.spec))})")
+            report = conformance_run.check_device(config, target, run_dir / target.name)
+            reports.append(report)
+            unknown, reasons = conformance_run.known_failures(target, report)
+            unexpected += len(unknown)
+            counts = report.counts()
+            say(f"{target.name}: {counts[Verdict.PASS]} passed, {counts[Verdict.FAIL]} failed"
+                + (f" (known: {escape('; '.join(reasons))})" if reasons and not unknown else "")
+                + f", {counts[Verdict.SKIP]} could not run, in {report.seconds:.1f} s")
+    tables = conformance_tables(reports)
+    with (run_dir / "conformance.txt").open("w") as out:
+        for table in tables:
+            console.print(table)
+            Console(file=out, width=200, color_system=None).print(table)
+    print(f"results: {run_dir}", flush=True)
+    return 1 if unexpected else 0
+
+
 def cmd_bench(args: argparse.Namespace, stop: Stop) -> int:
     """Figures for the configured host (the lab unless --config names one)."""
     with _configured_host(args, stop) as config:
@@ -244,6 +293,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check that the host is ready (configuration, QEMU, VFIO, devices)")
     p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("conform", help="check each device's migration uAPI directly: no QEMU, no guest")
+    p.add_argument("--config", help="host configuration file (default: boot and use the lab)")
+    p.add_argument("--device", help="one device by its name in the table (e.g. mtty-2, qmigdev-full) "
+                   "or a kind (mdev, pci); default: every device of the configuration")
+    p.add_argument("--results", default="results", help="directory for the results")
+    p.set_defaults(func=cmd_conform)
 
     p = sub.add_parser("bench", help="print ready-guest, scenario, migration and suite figures, per guest kind")
     p.add_argument("--config", help="host configuration file (default: boot and use the lab)")

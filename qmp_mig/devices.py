@@ -10,6 +10,7 @@ asks for it, is qmp_mig/binding.py's job).
 
 from __future__ import annotations
 
+import errno
 import json
 import uuid
 from abc import ABC, abstractmethod
@@ -20,7 +21,11 @@ from . import binding
 from .fsm import Flag, State
 from .hosts import Host, HostError
 
-_PROBE = (Path(__file__).parent / "vfio_probe.py").read_text()
+# Our VFIO user (it runs on the host): asked here for one device's flags and state.
+# Its source comes as the first line of its stdin, the requests after it: a command
+# line that long is more than some SSH servers take (dropbear's limit is 9000 bytes).
+_HOST_VFIO = (Path(__file__).parent / "host_vfio.py").read_text()
+_RUN_FIRST_LINE = "import json, sys; exec(json.loads(sys.stdin.readline()))"
 
 # vfio-pci properties every migration test needs: report each state change.
 BASE_VFIO_OPTIONS = {"migration-events": "on"}
@@ -61,19 +66,27 @@ class VfioDevice(ABC):
 
     def probe(self) -> KernelView:
         """Ask the kernel directly; the device must not be open in a VM."""
-        result = self.host.run(
-            ["python3", "-", self.sysfs_path], stdin=_PROBE.encode(), check=False, timeout=60
-        )
+        asks = [{"op": "open", "dev": "d", "path": self.sysfs_path},
+                {"op": "get", "dev": "d", "feature": "migration"},
+                {"op": "get", "dev": "d", "feature": "state"}, {"op": "bye"}]
+        lines = [json.dumps(_HOST_VFIO), *map(json.dumps, asks)]
+        result = self.host.run(["python3", "-c", _RUN_FIRST_LINE], stdin="".join(f"{line}\n" for line in lines).encode(),
+                               check=False, timeout=60)
         try:
-            answer = json.loads(result.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
+            opened, flags, state = (json.loads(line) for line in result.stdout.splitlines()[:3])
+        except ValueError:
             raise DeviceError(
                 f"{self.name}: migration probe printed no answer: {result.stderr.strip()}"
             ) from None
-        if "error" in answer:
-            raise DeviceError(f"{self.name}: migration probe failed: {answer['error']}")
-        state = answer["state"]
-        return KernelView(Flag(answer["flags"]), None if state is None else State(state))
+        if not opened["ok"]:
+            raise DeviceError(f"{self.name}: migration probe failed: {opened['error']}")
+        if not flags["ok"] and flags["errno"] == errno.ENOTTY:
+            # The driver has no migration support (plain vfio-pci on most functions).
+            return KernelView(Flag(0), None)
+        for answer in (flags, state):
+            if not answer["ok"]:
+                raise DeviceError(f"{self.name}: migration probe failed: {answer['error']}")
+        return KernelView(Flag(flags["value"]), State(state["value"]))
 
     def qemu_args(self, device_id: str) -> list[str]:
         props = {"id": device_id, "sysfsdev": self.sysfs_path, **BASE_VFIO_OPTIONS, **self.options}

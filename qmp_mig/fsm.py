@@ -279,3 +279,21 @@ def first_difference(
 
 def format_walk(states: Sequence[State]) -> str:
     return " -> ".join(s.qapi_name for s in states) or "(none)"
+
+
+# --- the data fd: which arcs open a data transfer session.
+
+# "These arcs begin the process of saving the device state and will return a new
+# data_fd" (and STOP -> RESUMING for restoring). The saving group (PRE_COPY,
+# PRE_COPY_P2P, STOP_COPY) shares one session: moving inside it opens none.
+DATA_FD_ARCS = frozenset({
+    (S.RUNNING, S.PRE_COPY), (S.RUNNING_P2P, S.PRE_COPY_P2P),
+    (S.STOP, S.STOP_COPY), (S.STOP, S.RESUMING),
+})
+
+
+def returns_data_fd(cur: State, new: State, flags: Flag) -> bool:
+    """Whether a request from ``cur`` for ``new`` answers with a new data_fd: only
+    when its last arc starts a session (the kernel never passes through one)."""
+    walk = kernel_walk(cur, new, flags)
+    return bool(walk) and walk[-1] in DATA_FD_ARCS

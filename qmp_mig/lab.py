@@ -328,8 +328,9 @@ parent = "mtty"
 type = "mtty-2"
 expect_flags = "STOP_COPY|P2P|PRE_COPY"
 options = {{ "enable-migration" = "on", "x-device-dirty-page-tracking" = "off" }}
-# A real bug of the sample, reported by the reuse scenario as an expected failure.
-known_issues = {{ "reuse-after-failure" = "mtty keeps its migration state when the device is closed: after a failed incoming migration the mdev stays in RESUMING and the next QEMU cannot load into it" }}
+# Real bugs of the sample, reported as expected failures by the reuse scenario and by
+# conformance (`conform:` names the checks).
+known_issues = {{ "reuse-after-failure" = "mtty keeps its migration state when the device is closed: after a failed incoming migration the mdev stays in RESUMING and the next QEMU cannot load into it", "conform:close in" = "mtty keeps its migration state when the device is closed (closed in RESUMING, the next RESUMING -> STOP dereferences its freed resume file: a kernel oops)", "conform:precopy read with nothing pending" = "mtty's read() returns 0, not ENOMSG, at the temporary end of its pre-copy stream", "conform:reset offered" = "mtty handles VFIO_DEVICE_RESET but does not set VFIO_DEVICE_FLAGS_RESET, so QEMU never resets it", "conform:round-trip corrupted payload refused" = "mtty checks only its stream's magic, version and length: a corrupted port state is loaded silently" }}
 
 # The PCI path: the lab's edu functions (each behind its own root port, behind the
 # emulated VT-d), lent to our variant driver (devices/qmigpci) for each scenario and

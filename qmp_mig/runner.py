@@ -27,6 +27,9 @@ from rich.table import Table
 
 from .checks import describe_not_run, not_run
 from .config import GUEST_KINDS
+from .config import load as load_config
+from .conformance import DeviceReport, Verdict
+from .conformance_run import targets
 from .images import REPO
 from .interrupts import Interrupted, interruptible_child
 from .report import expected_failure
@@ -40,6 +43,9 @@ class Part:
     tests: tuple[str, ...]
     variants: tuple[str, ...] = ()
     left_out: tuple[str, ...] = ()  # variant paths not run (--mux-filter-out)
+    # One variant per device conformance checks on the host (conformance_target),
+    # written from the host configuration when the suite starts.
+    per_device: bool = False
 
 
 _VARIANTS = "avocado_tests/variants"
@@ -52,6 +58,13 @@ _SCENARIOS = ("avocado_tests/test_failures.py", "avocado_tests/test_topologies.p
 # (mdev) or qmigpci (pci).
 _DEVICE_SCENARIOS = ("avocado_tests/test_device.py",)
 _DETECTION = ("avocado_tests/test_detection.py",)
+_CONFORMANCE = "avocado_tests/test_conformance.py"
+# Conformance with each fault of our test devices armed: its column of the detection table.
+_CONFORMANCE_DETECTION = tuple(
+    f"{_CONFORMANCE}:ConformanceDetection.test_{fault}" for fault in (
+        "fail_arc_stay", "fail_arc_error", "corrupt_stream", "truncate_stream", "drop_state",
+        "lie_precopy_info_stuck", "lie_precopy_info_zero", "stale_state_on_close", "refuse_reset_fail",
+        "refuse_reset_ignore", "lie_data_size", "dma_after_stop", "p2p_in_running_p2p", "delay_save"))
 _MICRO = f"{_VARIANTS}/micro.yaml"  # the scenarios on the micro guest
 _FULL_MATRIX = f"{_VARIANTS}/full.yaml"
 # The default suite must fit in CI with the lab's guests under nested TCG. On the micro
@@ -119,9 +132,16 @@ SUITES: dict[str, tuple[Part, ...]] = {
     # On both of our drivers: qmigdev (mdev) and qmigpci (a variant driver on PCI
     # functions), on the micro guest (CI runs it); `detection-all` adds the Linux guest,
     # and the table then has a column per guest kind.
-    "detection": (Part(_DETECTION, (_MDEV, _MICRO)), Part(_DETECTION, (_PCI, _MICRO))),
+    # Conformance, in seconds per device and without a guest, adds its own column.
+    "detection": (Part(_DETECTION, (_MDEV, _MICRO)), Part(_DETECTION, (_PCI, _MICRO)),
+                  Part(_CONFORMANCE_DETECTION, (_MDEV,)), Part(_CONFORMANCE_DETECTION, (_PCI,))),
     "detection-all": (Part(_DETECTION, (_MDEV, _MICRO)), Part(_DETECTION, (_PCI, _MICRO)),
-                      Part(_DETECTION, (_MDEV,)), Part(_DETECTION, (_PCI,))),
+                      Part(_DETECTION, (_MDEV,)), Part(_DETECTION, (_PCI,)),
+                      Part(_CONFORMANCE_DETECTION, (_MDEV,)), Part(_CONFORMANCE_DETECTION, (_PCI,))),
+    # The migration uAPI of every device, called directly (no QEMU, no guest), then
+    # every fault of our test devices that conformance can see.
+    "conformance": (Part((f"{_CONFORMANCE}:Conformance.test_device",), per_device=True),
+                    Part(_CONFORMANCE_DETECTION, (_MDEV,)), Part(_CONFORMANCE_DETECTION, (_PCI,))),
 }
 
 
@@ -129,7 +149,7 @@ class RunError(RuntimeError):
     """The suite could not be run at all (as opposed to tests failing)."""
 
 
-def avocado_command(part: Part, results: Path, config: Path) -> list[str]:
+def avocado_command(part: Part, results: Path, config: Path, generated: tuple[Path, ...] = ()) -> list[str]:
     """One part as an ``avocado run``; our Avocado plugin (qmp_mig/avocado_plugin.py)
     hands ``config`` to the tests. The summary and report are ours, across the jobs."""
     command = [
@@ -143,9 +163,19 @@ def avocado_command(part: Part, results: Path, config: Path) -> list[str]:
     command += [str(REPO / test) for test in part.tests]
     if part.left_out:
         command += ["--mux-filter-out", *part.left_out]
-    if part.variants:  # last: -m takes every argument after it as a YAML file
-        command += ["-m", *(str(REPO / variants) for variants in part.variants)]
+    variants = [*(str(REPO / v) for v in part.variants), *map(str, generated)]
+    if variants:  # last: -m takes every argument after it as a YAML file
+        command += ["-m", *variants]
     return command
+
+
+def device_variants(config: Path, results: Path) -> Path:
+    """A variants file with one variant per device conformance checks on the host."""
+    names = [t.name for t in targets(load_config(config))]
+    path = results / "conformance-devices.yaml"
+    path.write_text("devices: !mux\n" + "".join(
+        f"  {name}:\n    conformance_target: {json.dumps(name)}\n" for name in names))
+    return path
 
 
 AVOCADO_FAIL = 1  # Avocado's exit status bit for "some test failed"
@@ -209,8 +239,9 @@ def run_suite(suite: str, config: Path, results: Path, console: Console, run_id:
     try:
         for part in SUITES[suite]:
             before = set(results.glob("job-*"))
-            returncode, run.interrupted = _run_job(avocado_command(part, results, config), environment,
-                                                 console)
+            generated = (device_variants(config, results),) if part.per_device else ()
+            returncode, run.interrupted = _run_job(avocado_command(part, results, config, generated),
+                                                 environment, console)
             new = sorted(set(results.glob("job-*")) - before)
             if new and (new[-1] / "results.json").exists():
                 run.jobs.append(new[-1])
@@ -320,6 +351,9 @@ def results_table(tests: list[dict[str, Any]]) -> Table:
     return table
 
 
+CONFORMANCE_COLUMN = "conformance"
+
+
 def detection_table(jobs: list[Path]) -> Table | None:
     """One row per injected fault and device kind, one column per guest kind it ran
     on: the checks that caught it and their messages (a GAP when none did), from each
@@ -332,16 +366,57 @@ def detection_table(jobs: list[Path]) -> Table | None:
             continue
         report = json.loads(found.read_text())
         device, guest = variant_axes(str(test.get("name", "")))
+        if "ConformanceDetection." in str(test.get("name", "")):
+            guest = CONFORMANCE_COLUMN
         caught = [f"{c['check']}: {_clip(c['message'], 160)}" for c in report["caught"]]
         status = test.get("status", "?")
+        if status == "CANCEL" and not caught:  # conformance cannot see this fault, and says why
+            caught = [str(test.get("fail_reason", "not visible"))]
+            status = "PASS"
         cells.setdefault((report["fault"], device), {})[guest] = escape(
             "\n".join(caught or ["GAP: nothing caught it"]) + ("" if status == "PASS" else f"\n[{status}]"))
     if not cells:
         return None
-    guests = [g for g in GUEST_KINDS if any(g in row for row in cells.values())]
-    table = Table(title="detection: injected fault -> the checks that caught it, per guest kind")
+    guests = [g for g in (*GUEST_KINDS, CONFORMANCE_COLUMN) if any(g in row for row in cells.values())]
+    table = Table(title="detection: injected fault -> the checks that caught it, per guest kind "
+                  "and by conformance alone (no guest)")
     for column in ("fault", "device", *guests):
         table.add_column(column, overflow="fold")
     for (fault, device), row in cells.items():
         table.add_row(fault, device or "-", *(row.get(g, "not run") for g in guests))
     return table
+
+
+def conformance_reports(jobs: list[Path]) -> list[DeviceReport]:
+    """The per-device reports (conformance.json) of a run's Conformance.test_device tests."""
+    found = []
+    for test in tests_of(jobs):
+        logdir = test.get("logdir")
+        path = Path(logdir) / "artifacts" / "conformance.json" if logdir else None
+        if "Conformance.test_device" in str(test.get("name", "")) and path is not None and path.exists():
+            found.append(DeviceReport.from_json(json.loads(path.read_text())))
+    return found
+
+
+def conformance_tables(reports: list[DeviceReport]) -> list[Table]:
+    """One row per device (its flags, checks passed, failed and not run, its time), then
+    one row per failed check: the call with its arguments, the answer expected and the
+    answer observed."""
+    if not reports:
+        return []
+    devices = Table(title="conformance: the migration uAPI of each device, called directly")
+    for column in ("device", "flags", "pass", "fail", "not run", "time", "failed checks"):
+        devices.add_column(column, overflow="fold")
+    failures = Table(title="conformance: failed checks")
+    for column in ("device", "check", "call", "expected", "observed"):
+        failures.add_column(column, overflow="fold")
+    for report in reports:
+        counts = report.counts()
+        devices.add_row(report.device, report.flags.replace("|", " "), str(counts[Verdict.PASS]),
+                        f"[red]{counts[Verdict.FAIL]}[/]" if counts[Verdict.FAIL] else "0",
+                        str(counts[Verdict.SKIP]), f"{report.seconds:.1f} s",
+                        escape(", ".join(r.check for r in report.failures())) or "-")
+        for r in report.failures():
+            failures.add_row(report.device, escape(r.check), escape(r.call), escape(r.expected),
+                             escape(_clip(r.observed, 300)))
+    return [devices, failures] if failures.row_count else [devices]

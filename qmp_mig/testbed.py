@@ -309,6 +309,11 @@ class Testbed:
         self._stack.callback(guest.close)
         return guest.connect(timeout=self.config.guest.boot_timeout)
 
+    def lease_process(self, pid: int) -> None:
+        """A process of ours on the host, started with its command line naming this
+        testbed's work directory: a sweep after a killed run kills it."""
+        self._record(f"pid {pid}")
+
     def _record(self, entry: str) -> None:
         """Write what we own into the lease before (mdev) or right after (pid) it exists,
         so a run killed too hard to clean up can be swept by :func:`sweep`."""

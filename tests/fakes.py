@@ -317,13 +317,18 @@ class FakeHost(Host):
                 if path in self.links:
                     return 0, self.links[path] + "\n", ""
                 return 1, "", ""
-            case ["python3", "-", device] if "VFIO_DEVICE_FEATURE" in stdin:  # vfio_probe.py
+            case ["python3", "-c", _] if "def op_set_state" in stdin:  # host_vfio.py, probing
+                device = json.loads(stdin.splitlines()[1])["path"]
                 if device not in self.dirs:
-                    return 0, json.dumps({"error": f"{device}: no such device"}) + "\n", ""
-                if self._user(device) is not None:
-                    return 0, json.dumps({"error": f"{device}: Device or resource busy"}) + "\n", ""
+                    opened = {"ok": False, "errno": 2, "error": f"ENOENT: {device}: no such device"}
+                elif self._user(device) is not None:
+                    opened = {"ok": False, "errno": 16, "error": "EBUSY: Device or resource busy"}
+                else:
+                    opened = {"ok": True, "fd": 5}
                 flags = self.flags.get(device, self.mdev_flags)
-                return 0, json.dumps({"flags": int(flags), "state": int(State.RUNNING)}) + "\n", ""
+                answers = [opened, {"ok": True, "value": int(flags)}, {"ok": True, "value": int(State.RUNNING)},
+                           {"ok": True}]
+                return 0, "".join(json.dumps(a) + "\n" for a in answers), ""
             case ["python3", "-c", script] if "getsockname" in script:  # Host.free_tcp_port
                 self._next_port += 1
                 return 0, f"{self._next_port}\n", ""
