@@ -16,9 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import benchmark, conformance_run, images, lab, leftovers, preflight, runner
+from .checks import CheckFailed
 from .config import ConfigError
 from .config import load as load_config
 from .conformance import Verdict
+from .devices import DeviceError
 from .host_loss import host_lost
 from .interrupts import GRACE, Interrupted, Stop, become_subreaper, end_descendants, handle_signals
 from .pools import describe
@@ -237,7 +239,12 @@ def cmd_conform(args: argparse.Namespace, stop: Stop) -> int:
         reports, unexpected = [], 0
         for target in chosen:
             say(f"checking {target.name} ({escape(describe(target.spec))})")
-            report = conformance_run.check_device(config, target, run_dir / target.name)
+            try:
+                report = conformance_run.check_device(config, target, run_dir / target.name)
+            except (DeviceError, CheckFailed) as exc:  # this device could not be had; the others can
+                say(f"[red]{target.name}: not checked:[/] {escape(str(exc))}")
+                unexpected += 1
+                continue
             reports.append(report)
             unknown, reasons = conformance_run.known_failures(target, report)
             unexpected += len(unknown)
@@ -246,6 +253,7 @@ def cmd_conform(args: argparse.Namespace, stop: Stop) -> int:
                 + (f" (known: {escape('; '.join(reasons))})" if reasons and not unknown else "")
                 + f", {counts[Verdict.SKIP]} could not run, in {report.seconds:.1f} s")
     tables = conformance_tables(reports)
+    run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "conformance.txt").open("w") as out:
         for table in tables:
             console.print(table)

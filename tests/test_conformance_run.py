@@ -6,11 +6,13 @@ detection table's conformance column)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from qmp_mig import host_vfio
 from qmp_mig.config import load
 from qmp_mig.conformance import DeviceReport, Result, Verdict
 from qmp_mig.conformance_run import known_failures, select, targets
@@ -163,3 +165,27 @@ def test_detection_table_has_a_conformance_column(tmp_path: Path) -> None:
                        "conformance round-trip restored state: expected a; observed b")
     assert rows[1] == ("dma_after_stop", "mdev", "not run",
                        "not visible to conformance: dma_after_stop: only a guest's DMA shows it")
+
+
+def test_the_host_user_runs_on_a_bare_python_and_answers_every_request() -> None:
+    """host_vfio.py needs nothing but the standard library (the host's python3, outside
+    our venv), answers each request with one line, and turns a failure into an answer."""
+    requests = [
+        {"op": "open", "dev": "d", "path": "/nonexistent/device"},
+        {"op": "get", "dev": "d", "feature": "migration"},
+        {"op": "no_such_op"},
+        {"op": "blob", "blob": "empty"},
+        {"op": "bye"},
+        {"op": "blob", "blob": "after bye: never answered"},
+    ]
+    done = subprocess.run(["/usr/bin/python3", "-I", host_vfio.__file__], input="".join(
+        json.dumps(r) + "\n" for r in requests), capture_output=True, text=True, timeout=30, check=True)
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(answers) == 5, done.stdout
+    opened, got, unknown, blob, bye = answers
+    assert not opened["ok"] and opened["errno"] == 2 and opened["error"].startswith("ENOENT: ")
+    assert not got["ok"] and "bad request get" in got["error"]
+    assert not unknown["ok"] and "bad request no_such_op" in unknown["error"]
+    assert blob == {**blob, "ok": True, "n": 0}
+    assert bye["ok"] and all(a["t0"] <= a["t1"] for a in answers)
+    assert done.stderr == ""
