@@ -60,7 +60,7 @@ class _ConformanceTest(Test):
 
 class Conformance(_ConformanceTest):
     """:avocado: enable
-    :avocado: tags=conformance,device
+    :avocado: tags=conformance,instances:1
     """
 
     def test_device(self) -> None:
@@ -121,7 +121,7 @@ BLIND: dict[tuple[str, str], str] = {
 
 class ConformanceDetection(_ConformanceTest):
     """:avocado: enable
-    :avocado: tags=conformance,detection,faults
+    :avocado: tags=conformance,detection,faults,device
     """
 
     def detect(self, fault: str) -> None:

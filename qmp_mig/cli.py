@@ -251,7 +251,8 @@ def cmd_conform(args: argparse.Namespace, stop: Stop) -> int:
             counts = report.counts()
             say(f"{target.name}: {counts[Verdict.PASS]} passed, {counts[Verdict.FAIL]} failed"
                 + (f" (known: {escape('; '.join(reasons))})" if reasons and not unknown else "")
-                + f", {counts[Verdict.SKIP]} could not run, in {report.seconds:.1f} s")
+                + f", {counts[Verdict.SKIP]} could not run, in {report.seconds:.1f} s "
+                f"(the checks {report.checks_seconds:.1f} s)")
     tables = conformance_tables(reports)
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "conformance.txt").open("w") as out:

@@ -659,8 +659,9 @@ class DeviceReport:
 
     device: str
     flags: str
-    seconds: float
+    seconds: float  # the whole run: the testbed, the devices (binding them), the checks
     results: list[Result]
+    checks_seconds: float = 0.0  # the calls of the checks alone
 
     def counts(self) -> dict[Verdict, int]:
         return {v: sum(1 for r in self.results if r.verdict == v) for v in Verdict}
@@ -670,12 +671,14 @@ class DeviceReport:
 
     def as_json(self) -> dict[str, Any]:
         return {"device": self.device, "flags": self.flags, "seconds": round(self.seconds, 2),
+                "checks_seconds": round(self.checks_seconds, 2),
                 "results": [{**asdict(r), "verdict": r.verdict.value} for r in self.results]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeviceReport:
         results = [Result(**{**r, "verdict": Verdict(r["verdict"])}) for r in data["results"]]
-        return cls(data["device"], data["flags"], float(data["seconds"]), results)
+        return cls(data["device"], data["flags"], float(data["seconds"]), results,
+                   float(data.get("checks_seconds", 0.0)))
 
 
 def failed_checks(results: Iterable[Result]) -> list[str]:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from .config import Config, DeviceConfig
 from .conformance import Conformance, DeviceReport, OwnView, Result
+from .devices import DeviceError
 from .fsm import Flag
 from .hosts import fetch
-from .pools import pool_key
+from .pools import PoolExhausted, pool_key
 from .qmigdev import DRIVERS, Qmigdev, flag_attributes
 from .testbed import Testbed
 from .vfio_session import DirectDevice, HostVfio
@@ -170,21 +171,30 @@ def check_device(config: Config, target: Target, artifacts: Path, *,
     artifacts.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with Testbed(config, artifacts) as bed:
-        devices, flags = bed.devices([target.spec, target.spec], holder=f"conformance {target.name}")
-        subject_device, peer_device = devices
+        try:
+            devices, flags = bed.devices([target.spec, target.spec], holder=f"conformance {target.name}")
+        except PoolExhausted:  # a pool of one: every check but the round trip
+            devices, flags = bed.devices([target.spec], holder=f"conformance {target.name}")
+        subject_device, peer_device = devices[0], (devices[1] if len(devices) > 1 else None)
         if arm is not None:
             arm(Qmigdev(bed.host, subject_device.sysfs_path, target.spec.kind))
         vfio = HostVfio(bed.host, bed.workdir)
         bed.lease_process(vfio.pid)
         try:
             subject = vfio.device("subject", subject_device.sysfs_path)
-            peer = vfio.device("peer", peer_device.sysfs_path)
-            subject.open()
-            peer.open()
-            log(f"{target.name}: {subject_device.name} (subject) and {peer_device.name} (peer), "
-                f"flags {flags[0].describe()}")
+            peer = vfio.device("peer", peer_device.sysfs_path) if peer_device is not None else None
+            pairs = [(subject, subject_device)] + ([(peer, peer_device)] if peer and peer_device else [])
+            for device, held in pairs:
+                opened = device.open()
+                if not opened.ok:  # e.g. no /dev/vfio/vfio: a kernel with iommufd's cdev only
+                    raise DeviceError(f"{held.name}: cannot open it through its IOMMU group and a type1 "
+                                      f"container: {opened.outcome()} ({opened.answer.get('error')})")
+            log(f"{target.name}: {subject_device.name} (subject), "
+                f"{peer_device.name if peer_device else 'no second instance'} (peer), flags {flags[0].describe()}")
             checks = Conformance(subject, flags[0], peer=peer, view=own_view(target, vfio), log=log)
+            checking = time.monotonic()
             checks.run()
+            checks_seconds = time.monotonic() - checking
         finally:
             vfio.close()
             vfio.save_transcript(artifacts / "host_vfio.jsonl")
@@ -195,6 +205,7 @@ def check_device(config: Config, target: Target, artifacts: Path, *,
             fetch(bed.host, f"{bed.workdir}/kernel.trace", artifacts / "kernel.trace")
         else:
             checks.judge_paths(None, subject_device.kernel_name, vfio.pid, bed.kernel.reason)
-    report = DeviceReport(target.name, flags[0].describe(), time.monotonic() - started, checks.results)
+    report = DeviceReport(target.name, flags[0].describe(), time.monotonic() - started, checks.results,
+                          checks_seconds)
     (artifacts / "conformance.json").write_text(json.dumps(report.as_json(), indent=1))
     return report
