@@ -18,6 +18,7 @@ stop, a slow save) is cancelled with the reason when conformance sees nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from avocado import Test
@@ -28,6 +29,7 @@ from qmp_mig.conformance_run import Target, check_device, known_failures, select
 from qmp_mig.device_scenario import write_detection
 from qmp_mig.host_loss import host_lost, record
 from qmp_mig.hosts import HostLost
+from qmp_mig.qmigdev import Qmigdev
 from qmp_mig.scenario import Finding
 
 
@@ -42,14 +44,15 @@ class _ConformanceTest(Test):
         self.config = configuration.load(path)
         self.artifacts = Path(self.logdir) / "artifacts"
 
-    def check(self, target: Target, arm_knob: tuple[str, str] | None = None) -> DeviceReport:
-        def arm(device: object) -> None:
-            if arm_knob is not None:
-                device.arm(*arm_knob)  # type: ignore[attr-defined]
+    def check(self, target: Target, fault: tuple[str, str] | None = None) -> DeviceReport:
+        """Every check on ``target``; ``fault`` (knob, value) armed on the subject first."""
+        arm: Callable[[Qmigdev], None] | None = None
+        if fault is not None:
+            def arm(device: Qmigdev) -> None:
+                device.arm(*fault)
 
         try:
-            report = check_device(self.config, target, self.artifacts, arm=arm if arm_knob else None,
-                                  log=self.log.info)
+            report = check_device(self.config, target, self.artifacts, arm=arm, log=self.log.info)
         except HostLost as exc:
             self.fail(record(exc, self.name.name, f"checking {target.name}").sentence())
         counts = report.counts()

@@ -352,6 +352,7 @@ def results_table(tests: list[dict[str, Any]]) -> Table:
 
 
 CONFORMANCE_COLUMN = "conformance"
+_CELL_FINDINGS = 3  # findings shown per cell of the detection table
 
 
 def detection_table(jobs: list[Path]) -> Table | None:
@@ -369,6 +370,8 @@ def detection_table(jobs: list[Path]) -> Table | None:
         if "ConformanceDetection." in str(test.get("name", "")):
             guest = CONFORMANCE_COLUMN
         caught = [f"{c['check']}: {_clip(c['message'], 160)}" for c in report["caught"]]
+        if len(caught) > _CELL_FINDINGS:  # the rest are in the test's detection.json
+            caught = [*caught[:_CELL_FINDINGS], f"(and {len(caught) - _CELL_FINDINGS} more)"]
         status = test.get("status", "?")
         if status == "CANCEL" and not caught:  # conformance cannot see this fault, and says why
             caught = [str(test.get("fail_reason", "not visible"))]
