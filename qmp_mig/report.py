@@ -19,6 +19,7 @@ from urllib.parse import quote
 import jinja2
 
 from .checks import describe_not_run, not_run
+from .conformance import DeviceReport, Result, Verdict
 from .timeline import draw_missing_svg
 
 _NO_REASON = {"", "<unknown>", "None"}  # what Avocado puts in fail_reason for a pass
@@ -50,6 +51,8 @@ class _Test:
     logs: list[_File] = field(default_factory=list)
     artifacts: list[_File] = field(default_factory=list)
     logdir_found: bool = False
+    conformance_counts: str = ""  # a conformance test's device: checks passed, failed, not run
+    conformance: list[Result] = field(default_factory=list)  # its failed and not-run checks
 
 
 def expected_failure(record: dict[str, Any]) -> bool:
@@ -149,6 +152,13 @@ def _test(job: Path, index: int, record: dict[str, Any], base: Path | None = Non
     artifacts = logdir / "artifacts"
     test.summary = _first_line(_read(artifacts / "summary.txt"))
     test.not_run = describe_not_run(not_run(logdir))
+    if (artifacts / "conformance.json").is_file():
+        device = DeviceReport.from_json(json.loads((artifacts / "conformance.json").read_text()))
+        counts = device.counts()
+        test.conformance_counts = (
+            f"{device.device} ({device.flags}): {counts[Verdict.PASS]} checks passed, {counts[Verdict.FAIL]} failed, "
+            f"{counts[Verdict.SKIP]} could not run; {device.seconds:.1f} s (the checks {device.checks_seconds:.1f} s)")
+        test.conformance = [r for r in device.results if r.verdict != Verdict.PASS]
     if artifacts.is_dir() and draw_missing_svg(artifacts):
         test.timeline_svg = _href(artifacts / "timeline.svg", links)
     if (artifacts / "timeline.txt").is_file():
@@ -273,6 +283,21 @@ footer { color: #8c959f; font-size: .8rem; margin-top: 2rem; }
 {% if t.fail_reason %}<pre class="reason">{{ t.fail_reason }}</pre>{% endif %}
 {% if t.whiteboard %}<p class="whiteboard">{{ t.whiteboard }}</p>{% endif %}
 {% if t.not_run %}<p class="notrun">{{ t.not_run }}</p>{% endif %}
+{% if t.conformance_counts %}
+<h3>conformance</h3>
+<p>{{ t.conformance_counts }}</p>
+{% if t.conformance %}
+<table>
+<thead><tr><th>check</th><th>verdict</th><th>call</th><th>expected</th><th>observed</th></tr></thead>
+<tbody>
+{% for r in t.conformance %}
+<tr><td>{{ r.check }}</td><td><span class="status s-{{ r.verdict.value | upper }}">{{ r.verdict.value }}</span></td>
+<td class="mono">{{ r.call }}</td><td>{{ r.expected }}</td><td>{{ r.observed }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endif %}
+{% endif %}
 
 <h3>timeline</h3>
 {% if t.timeline_svg %}

@@ -8,6 +8,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from qmp_mig.conformance import DeviceReport, Result, Verdict
 from qmp_mig.report import write_html_report
 from qmp_mig.timeline import Mark, write_timeline
 
@@ -117,3 +118,21 @@ def test_a_timeline_written_without_its_picture_is_drawn_for_the_report(job: Pat
     page.feed(write_html_report(job).read_text())
     assert (artifacts / "timeline.svg").read_text().lstrip().startswith("<?xml")
     assert len(page.images) == 2
+
+
+def test_a_conformance_test_shows_its_devices_failed_and_unrun_checks(job: Path) -> None:
+    """A vendor reads, in the report, each check that failed or could not run: the call,
+    its arguments, and the answers expected and observed."""
+    device = DeviceReport("mtty-2", "STOP_COPY|P2P", 3.7, [
+        Result("fsm STOP->RUNNING", Verdict.PASS, "VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE(device_state=RUNNING)"),
+        Result("close in STOP", Verdict.FAIL, "VFIO_DEVICE_FEATURE GET MIG_DEVICE_STATE()",
+               "RUNNING at the next open", "GET answers STOP <b>"),
+        Result("round-trip restored state", Verdict.SKIP, observed="the device shows no view of its own state"),
+    ], 0.7)
+    failed = job / "test-results" / "2-weird:name;x" / "artifacts"
+    (failed / "conformance.json").write_text(json.dumps(device.as_json()))
+    html = write_html_report(job).read_text()
+    assert "mtty-2 (STOP_COPY|P2P): 1 checks passed, 1 failed, 1 could not run; 3.7 s (the checks 0.7 s)" in html
+    assert "<td>close in STOP</td>" in html and "GET answers STOP &lt;b&gt;" in html  # escaped
+    assert "the device shows no view of its own state" in html
+    assert "fsm STOP-&gt;RUNNING" not in html  # passes are counted, not listed
