@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import fsm
-from .fsm import Flag, State
+from .fsm import Flag, State, as_state, state_text
 from .kernel_trace import KernelCall
-from .vfio_session import Call, DirectDevice, HostVfioError, state_name
+from .vfio_session import Call, DirectDevice, HostVfioError
 
 S = State
 # A value the uAPI does not define: the kernel must refuse it like ERROR.
@@ -166,12 +166,7 @@ class Conformance:
 
     def state_of(self, device: DirectDevice) -> State | int | None:
         call = device.state()
-        if not call.ok:
-            return None
-        try:
-            return State(call.value)
-        except ValueError:
-            return int(call.value)
+        return as_state(int(call.value)) if call.ok else None
 
     def close_fds(self, device: DirectDevice) -> None:
         while self._fds:
@@ -193,7 +188,7 @@ class Conformance:
             state = self.state_of(device)
             if state == S.RUNNING:
                 return
-            tried.append(f"after {how}: {_name(state)}")
+            tried.append(f"after {how}: {state_text(state)}")
         raise Stuck(f"{device.name} does not return to RUNNING ({'; '.join(tried)})")
 
     def saved_stream(self, device: DirectDevice, blob: str) -> int:
@@ -232,7 +227,7 @@ class Conformance:
                 raise Unreachable(f"writing its own saved state: {write.describe()}")
         now = self.state_of(device)
         if now != state:
-            raise Unreachable(f"{call.describe()}, then GET answers {_name(now)}")
+            raise Unreachable(f"{call.describe()}, then GET answers {state_text(now)}")
 
     def reached(self, check: str, device: DirectDevice, state: State) -> bool:
         """:meth:`prepare`, or ``check`` skipped with the reason and the device recovered."""
@@ -276,7 +271,7 @@ class Conformance:
 
     def check_pair(self, cur: State, new: State | int) -> None:
         device = self.subject
-        check = f"fsm {cur.name}->{state_name(new)}"
+        check = f"fsm {cur.name}->{state_text(as_state(new))}"
         if not self.reached(check, device, cur):
             return
         call = device.set_state(new)
@@ -293,7 +288,7 @@ class Conformance:
             assert isinstance(new, State)
             wants_fd = fsm.returns_data_fd(cur, new, self.flags)
             expected = f"ok, {'a new data_fd' if wants_fd else 'no data_fd'}, then GET {new.name}"
-            observed = f"{call.outcome()}, then GET {_name(after)}"
+            observed = f"{call.outcome()}, then GET {state_text(after)}"
             right = call.ok and (call.data_fd >= 0) == wants_fd and after == new
             result = self.add(check, Verdict.PASS if right else Verdict.FAIL, call, expected, observed)
             if walk:
@@ -305,7 +300,7 @@ class Conformance:
 
     def judge_refusal(self, check: str, call: Call, cur: State, after: State | int | None) -> None:
         expected = f"EINVAL, then GET {cur.name}"
-        observed = f"{call.outcome()}, then GET {_name(after)}"
+        observed = f"{call.outcome()}, then GET {state_text(after)}"
         right = call.errno == errno.EINVAL and after == cur
         self.add(check, Verdict.PASS if right else Verdict.FAIL, call, expected, observed)
 
@@ -323,11 +318,11 @@ class Conformance:
             if not during:
                 continue  # a driver that does not ask vfio_mig_get_next_state: nothing to judge
             judged += 1
-            observed = [_state(c.cur) for c in during] + [entry.new]
+            observed = [as_state(c.cur) for c in during] + [entry.new]
             if observed != expected and entry.result.verdict == Verdict.PASS:
                 entry.result.verdict = Verdict.FAIL
                 entry.result.expected = "the arcs " + "->".join(s.name for s in expected)
-                entry.result.observed = "the kernel walked " + "->".join(_name(s) for s in observed)
+                entry.result.observed = "the kernel walked " + "->".join(state_text(s) for s in observed)
                 self.log(entry.result.line())
         if judged:
             self.passed("fsm paths", "kernel trace of vfio_mig_get_next_state",
@@ -505,7 +500,7 @@ class Conformance:
         after = self.state_of(target)
         self.expect("round-trip device runs", leave, leave.ok and after == S.RUNNING,
                     "ok (RESUMING -> STOP -> ... -> RUNNING), then GET RUNNING",
-                    f"{leave.outcome()}, then GET {_name(after)}")
+                    f"{leave.outcome()}, then GET {state_text(after)}")
         if not leave.ok:
             self.note_error("the round trip's resume", target)
         if self.view is None:
@@ -574,7 +569,7 @@ class Conformance:
         reset = device.reset()
         after = self.state_of(device)
         self.expect(check, reset, reset.ok and after == S.RUNNING, "ok, then GET RUNNING",
-                    f"{reset.outcome()}, then GET {_name(after)}")
+                    f"{reset.outcome()}, then GET {state_text(after)}")
         self.recover(device)
 
     def recreate_error(self, device: DirectDevice) -> bool:
@@ -619,7 +614,7 @@ class Conformance:
             call = device.state()
             self.expect(check, call, call.ok and call.value == S.RUNNING,
                         "RUNNING at the next open (a closed device forgets its migration state)",
-                        f"GET answers {state_name(call.value)}" if call.ok else call.outcome())
+                        f"GET answers {state_text(as_state(call.value))}" if call.ok else call.outcome())
             if call.ok and call.value == S.RUNNING:
                 continue
             # A stale state is not driven any further: only a reset may clear it.
@@ -635,19 +630,6 @@ class Conformance:
 def payload_flips(length: int) -> list[int]:
     """Where a stream is corrupted past its header: its middle and its last byte."""
     return sorted({length // 2, length - 1})
-
-
-def _state(value: int) -> State | int:
-    try:
-        return State(value)
-    except ValueError:
-        return value
-
-
-def _name(state: State | int | None) -> str:
-    if state is None:
-        return "nothing (GET failed)"
-    return state.name if isinstance(state, State) else f"<{state}>"
 
 
 # --- results as data ------------------------------------------------------------------

@@ -73,6 +73,22 @@ class Flag(enum.IntFlag):
 
 S = State
 
+
+def as_state(value: int) -> State | int:
+    """A state value as the kernel or a driver gave it: the State, or the bare number
+    when the uAPI defines none (a driver's bug must stay visible, not raise)."""
+    try:
+        return State(value)
+    except ValueError:
+        return value
+
+
+def state_text(value: State | int | None) -> str:
+    """A state for a person: its name, ``<n>`` for an undefined value."""
+    if value is None:
+        return "nothing"
+    return value.name if isinstance(value, State) else f"<{value}>"
+
 # Feature flags a state needs to exist on a device. ERROR is never a target.
 _REQUIRED_FLAGS: dict[State, Flag] = {
     S.STOP: Flag.STOP_COPY,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import fsm
-from .fsm import Flag, State
+from .fsm import Flag, State, as_state, state_text
 from .hosts import Host
 
 TRACEFS = "/sys/kernel/tracing"
@@ -99,17 +99,6 @@ def parse_trace(text: str, tai_offset: int = 0) -> list[KernelCall]:
     return calls
 
 
-def _state(value: int) -> State | int:
-    try:
-        return State(value)
-    except ValueError:
-        return value
-
-
-def _name(value: State | int) -> str:
-    return value.name if isinstance(value, State) else f"<{value}>"
-
-
 @dataclass
 class KernelRequest:
     """One request as the kernel walked it: from ``path[0]`` towards ``target``."""
@@ -123,7 +112,7 @@ class KernelRequest:
     def describe(self) -> str:
         if self.reset:
             return "reset->RUNNING"
-        return "->".join(_name(s) for s in self.path)
+        return "->".join(state_text(s) for s in self.path)
 
 
 def requests(calls: Sequence[KernelCall]) -> list[KernelRequest]:
@@ -135,7 +124,7 @@ def requests(calls: Sequence[KernelCall]) -> list[KernelRequest]:
     out: list[KernelRequest] = []
     every_arc = fsm.arcs(Flag.STOP_COPY | Flag.P2P | Flag.PRE_COPY)
     for index, call in enumerate(calls):
-        cur, new = _state(call.cur), _state(call.new)
+        cur, new = as_state(call.cur), as_state(call.new)
         if not out or out[-1].target != new or out[-1].path[-1] != cur or not out[-1].ok:
             out.append(KernelRequest(target=new, path=[cur]))
         request = out[-1]
@@ -152,7 +141,7 @@ def requests(calls: Sequence[KernelCall]) -> list[KernelRequest]:
             out.append(KernelRequest(target=State.RUNNING, path=[State.RUNNING], reset=True,
                                      times=[following.time]))
             continue
-        request.path.append(_state(following.cur) if following else new)
+        request.path.append(as_state(following.cur) if following else new)
     for request in out:
         if request.path[-1] != request.target:
             request.ok = False
@@ -169,7 +158,7 @@ def check_device(where: str, flags: Flag, calls: Sequence[KernelCall],
     for request in walked:
         for a, b in zip(request.path, request.path[1:]):
             if (a, b) not in allowed:
-                problems.append(f"{where}: kernel took arc {_name(a)}->{_name(b)}, not an arc of the FSM "
+                problems.append(f"{where}: kernel took arc {state_text(a)}->{state_text(b)}, not an arc of the FSM "
                                 f"for {flags.describe()} (request {request.describe()})")
         start, target = request.path[0], request.target
         if request.ok and not request.reset and isinstance(start, State) and isinstance(target, State):
@@ -179,7 +168,7 @@ def check_device(where: str, flags: Flag, calls: Sequence[KernelCall],
                 shortest = []
             if len(request.path) != len(shortest):
                 problems.append(
-                    f"{where}: kernel walked {request.describe()} for a request of {_name(target)}; "
+                    f"{where}: kernel walked {request.describe()} for a request of {state_text(target)}; "
                     f"the model's shortest path is {'->'.join(s.name for s in shortest) or 'none'}")
     kernel_view = [r.target for r in walked if r.ok]
     if kernel_view != list(qemu_walk):

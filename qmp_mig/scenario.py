@@ -47,7 +47,7 @@ from .checks import (
     describe_not_run,
 )
 from .config import GUEST_KINDS, DeviceConfig
-from .fsm import Flag, State
+from .fsm import Flag, State, as_state, state_text
 from .host_loss import HostStoppedAnswering, host_lost
 from .host_loss import record as record_host_loss
 from .hosts import HostLost
@@ -251,7 +251,7 @@ class MigrationTest(Test):
         marks = []
         for vm, calls in check.calls.items():
             for call in calls:
-                cur, new = _state_name(call.cur), _state_name(call.new)
+                cur, new = state_text(as_state(call.cur)), state_text(as_state(call.new))
                 failed = call.ret is not None and call.ret < 0
                 marks.append(Mark(self.bed.to_controller_clock(call.time), vm, "kernel",
                                   f"{names.get(call.device, call.device)} {cur} (to {new})"
@@ -497,10 +497,3 @@ def _table(params: Any, name: str) -> dict[str, Any]:
         if str(path).rstrip("/").rsplit("/", 1)[-1] == name:
             table[str(key)] = value
     return table
-
-
-def _state_name(value: int) -> str:
-    try:
-        return State(value).name
-    except ValueError:
-        return f"<{value}>"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fsm import State
+from .fsm import as_state, state_text
 from .hosts import Host, HostProcess
 
 _SERVER = Path(__file__).with_name("host_vfio.py")
@@ -61,7 +61,7 @@ class Call:
             return errno_name(self.errno) if self.errno is not None else str(self.answer.get("error"))
         shown = {k: v for k, v in self.answer.items() if k not in ("ok", "t0", "t1")}
         if "value" in shown and self.ioctl.endswith("MIG_DEVICE_STATE"):
-            shown["value"] = state_name(shown["value"])
+            shown["value"] = state_text(as_state(shown["value"]))
         if shown.get("data_fd") == -1:
             shown["data_fd"] = "none"
         return "ok" + "".join(f", {k} {v}" for k, v in shown.items())
@@ -72,13 +72,6 @@ class Call:
 
 def errno_name(number: int | None) -> str:
     return errno_module.errorcode.get(number or 0, f"errno {number}")
-
-
-def state_name(value: int) -> str:
-    try:
-        return State(value).name
-    except ValueError:
-        return f"<{value}>"
 
 
 class HostVfio:
@@ -192,7 +185,7 @@ class DirectDevice:
                           feature="state")
 
     def set_state(self, state: int) -> Call:
-        return self._call("VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE", f"device_state={state_name(state)}",
+        return self._call("VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE", f"device_state={state_text(as_state(state))}",
                           "set_state", dev=self.name, state=int(state))
 
     def data_size(self) -> Call:
