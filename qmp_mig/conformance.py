@@ -26,6 +26,7 @@ kernel's own trace (qmp_mig/kernel_trace.py) where the host has one.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 from collections.abc import Callable, Iterable, Sequence
@@ -100,6 +101,16 @@ class _Set:
 
 
 @dataclass
+class _ErrorLeft:
+    """A failure that left ``device`` in ERROR, and the calls that made it (from RUNNING),
+    so the reset check can bring ERROR about again after the recovery cleared it."""
+
+    how: str
+    device: DirectDevice
+    again: Callable[[], None]
+
+
+@dataclass
 class Conformance:
     """The checks of one device (the subject) with migration ``flags``; ``peer`` is a
     second instance of it for the round trip."""
@@ -113,7 +124,7 @@ class Conformance:
     _sets: list[_Set] = field(default_factory=list)
     _fds: list[int] = field(default_factory=list)
     _blobs: dict[str, int] = field(default_factory=dict)  # saved stream -> its length
-    _errors_left: list[tuple[str, DirectDevice]] = field(default_factory=list)  # (how, device) in ERROR
+    _errors_left: list[_ErrorLeft] = field(default_factory=list)
 
     # --- running ------------------------------------------------------------------
 
@@ -239,10 +250,10 @@ class Conformance:
             return False
         return True
 
-    def note_error(self, how: str, device: DirectDevice) -> None:
+    def note_error(self, how: str, device: DirectDevice, again: Callable[[], None]) -> None:
         """Remember that ``how`` left ``device`` in ERROR (the reset check needs one)."""
         if self.state_of(device) == S.ERROR:
-            self._errors_left.append((how, device))
+            self._errors_left.append(_ErrorLeft(how, device, again))
 
     # --- 0. opening -------------------------------------------------------------------
 
@@ -295,7 +306,11 @@ class Conformance:
                 self._sets.append(_Set(result, device, cur, new, call.answer.get("t0", 0.0),
                                        call.answer.get("t1", 0.0)))
             if not call.ok:
-                self.note_error(check, device)
+                def again() -> None:
+                    self.prepare(device, cur)
+                    device.set_state(new)
+
+                self.note_error(check, device, again)
         self.recover(device)
 
     def judge_refusal(self, check: str, call: Call, cur: State, after: State | int | None) -> None:
@@ -502,7 +517,7 @@ class Conformance:
                     "ok (RESUMING -> STOP -> ... -> RUNNING), then GET RUNNING",
                     f"{leave.outcome()}, then GET {state_text(after)}")
         if not leave.ok:
-            self.note_error("the round trip's resume", target)
+            self.note_error("the round trip's resume", target, lambda: self.resume_quietly(target, S.RUNNING))
         if self.view is None:
             self.skip("round-trip restored state", "the device shows no view of its own state")
         elif not leave.ok:
@@ -532,6 +547,16 @@ class Conformance:
         self._fds.append(enter.data_fd)
         return device.write(enter.data_fd, blob, end=end, flip=flip)
 
+    def resume_quietly(self, device: DirectDevice, then: State, end: int | None = None,
+                       flip: Sequence[int] = ()) -> None:
+        """RESUMING, the round trip's stream written, then a request of ``then``,
+        judging nothing: the way to re-create a failure into ERROR."""
+        enter = device.set_state(S.RESUMING)
+        if enter.data_fd >= 0:
+            self._fds.append(enter.data_fd)
+            device.write(enter.data_fd, "round-trip", end=end, flip=flip)
+        device.set_state(then)
+
     def check_refused(self, check: str, device: DirectDevice, end: int | None = None,
                       flip: Sequence[int] = ()) -> None:
         write = self.resume(device, "round-trip", end=end, flip=flip)
@@ -544,14 +569,14 @@ class Conformance:
             self.expect(check, leave, not leave.ok, "write() or RESUMING -> STOP fails",
                         f"write {write.outcome()}; SET STOP {leave.outcome()}")
             if not leave.ok:
-                self.note_error(check, device)
+                self.note_error(check, device, lambda: self.resume_quietly(device, S.STOP, end, flip))
         self.recover(device)
 
     # --- 4. reset and close -----------------------------------------------------------
 
     def check_reset(self) -> None:
-        for how, device in self._errors_left[:1]:
-            self.reset_from(f"reset from ERROR (left by {how})", device, None)
+        for left in self._errors_left[:1]:
+            self.reset_from(f"reset from ERROR (left by {left.how})", left.device, None)
         if not self._errors_left:
             self.skip("reset from ERROR", "no failed arc left the device in ERROR")
         for state in (S.STOP, S.STOP_COPY, S.RESUMING, S.PRE_COPY):
@@ -562,39 +587,21 @@ class Conformance:
         if state is not None:
             if not self.reached(check, device, state):
                 return
-        else:  # re-create the ERROR the check names (the earlier recovery left it)
-            if not self.recreate_error(device):
-                self.skip(check, "the failure that left ERROR did not happen again")
-                return
+        elif not self.recreate_error(self._errors_left[0]):  # the earlier recovery cleared it
+            self.skip(check, "the failure that left ERROR did not happen again")
+            return
         reset = device.reset()
         after = self.state_of(device)
         self.expect(check, reset, reset.ok and after == S.RUNNING, "ok, then GET RUNNING",
                     f"{reset.outcome()}, then GET {state_text(after)}")
         self.recover(device)
 
-    def recreate_error(self, device: DirectDevice) -> bool:
-        how = self._errors_left[0][0]
-        if how.startswith("fsm "):
-            cur, new = how[4:].split("->")
-            try:
-                self.prepare(device, State[cur])
-            except Unreachable:
-                self.recover(device)
-                return False
-            device.set_state(State[new])
-        elif "truncated" in how or "corrupted" in how:
-            length = self._blobs["round-trip"]
-            flip = [0] if "header" in how else payload_flips(length) if "payload" in how else []
-            write = self.resume(device, "round-trip", end=length // 2 if "truncated" in how else None,
-                                flip=flip)
-            if write is None:
-                return False
-            device.set_state(S.STOP)
-        else:
-            return False
-        if self.state_of(device) == S.ERROR:
+    def recreate_error(self, left: _ErrorLeft) -> bool:
+        with contextlib.suppress(Unreachable):
+            left.again()
+        if self.state_of(left.device) == S.ERROR:
             return True
-        self.recover(device)
+        self.recover(left.device)
         return False
 
     def check_close(self) -> None:
