@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from . import benchmark, conformance_run, images, lab, leftovers, preflight, runner
 from .checks import CheckFailed
@@ -132,17 +133,11 @@ def cmd_run(args: argparse.Namespace, stop: Stop) -> int:
         say(f"[red]{escape(lost.sentence())}[/]")
     conformance = conformance_tables(conformance_reports(outcome.jobs))
     if conformance:
-        with (run_dir / "conformance.txt").open("w") as out:
-            for table in conformance:
-                console.print(table)
-                Console(file=out, width=200, color_system=None).print(table)
+        show_tables(conformance, run_dir / "conformance.txt")
         say(f"conformance tables: {run_dir / 'conformance.txt'}")
     detection = detection_table(outcome.jobs)
     if detection is not None:
-        console.print(detection)
-        # The same table as plain text next to the run's results, for a report or a note.
-        with (run_dir / "detection.txt").open("w") as out:
-            Console(file=out, width=200, color_system=None).print(detection)
+        show_tables([detection], run_dir / "detection.txt")
         say(f"detection table: {run_dir / 'detection.txt'}")
     report = write_run_report(run_dir, outcome.jobs, title=f"suite {args.suite}")
     wall = time.monotonic() - started
@@ -178,6 +173,15 @@ def _clean_up(stop: Stop, config: Path | None, run_id: str, booted_here: bool) -
     else:
         say("[yellow]what is left is removed by the next `qmp-mig run` with this host "
             f"configuration (run {run_id})[/]")
+
+
+def show_tables(tables: list[Table], path: Path) -> None:
+    """Print the tables, and write them as plain text next to the run's results (for a
+    report or a note)."""
+    with path.open("w") as out:
+        for table in tables:
+            console.print(table)
+            Console(file=out, width=200, color_system=None).print(table)
 
 
 def _plain(text: str) -> None:
@@ -255,10 +259,7 @@ def cmd_conform(args: argparse.Namespace, stop: Stop) -> int:
                 f"(the checks {report.checks_seconds:.1f} s)")
     tables = conformance_tables(reports)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "conformance.txt").open("w") as out:
-        for table in tables:
-            console.print(table)
-            Console(file=out, width=200, color_system=None).print(table)
+    show_tables(tables, run_dir / "conformance.txt")
     print(f"results: {run_dir}", flush=True)
     return 1 if unexpected else 0
 
